@@ -38,7 +38,7 @@ class ParamRef:
 
     ``kind`` tells the decoder what to emit: ``matrix`` (ndim >= 2 after dropping leading 1s: conv/linear weights,
     embedding tables, positional embeddings), or a vector kind: ``bias``, ``gain`` (norm scale, layer scale),
-    ``shift`` (norm bias), ``token`` (class token). ``tied_to`` names the canonical parameter when this use shares
+    ``shift`` (norm bias), ``token`` (class token). ``op`` is the owning node's op type. ``tied_to`` names the canonical parameter when this use shares
     its tensor with an earlier node; such refs are never predicted again.
     """
 
@@ -49,6 +49,7 @@ class ParamRef:
     transposed: bool = False
     tied_to: Optional[str] = None
     aliases: Tuple[str, ...] = ()
+    op: str = ""
 
 
 @dataclass
@@ -206,7 +207,7 @@ class _Builder(TorchFunctionMode):
             if tied is None:
                 self.param_owner[pid] = names[0]
             refs.append(ParamRef(names[0], tuple(self._param_shape(pid)), kind, int(fan_in), transposed,
-                                 tied, tuple(names[1:])))
+                                 tied, tuple(names[1:]), op))
         name = self._node_name(op, refs)
         out_t = next(_flatten(out), None) if out is not None else None
         shape = tuple(out_t.shape) if out_t is not None else ()

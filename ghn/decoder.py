@@ -1,0 +1,155 @@
+"""The low-rank decoder: a node embedding -> parameter tensors of ANY shape, without tiling.
+
+A weight of shape (out, in, *kernel) is emitted as a rank-r CP factorisation
+
+    W[o, j, p] = sum_r A[o, r] * B[j, r] * K[p, r],   A = E(o) M_A,  B = E(j) M_B,  K = P(p) M_K
+
+where ``E(i)`` is a fixed random-Fourier code of the channel index ``i`` (any index, so any width: 8192 channels
+or a 50k-row embedding table are native), ``P(p)`` a code of the kernel offset, and ``M_A, M_B, M_K`` are
+produced from the node's context vector by small linear heads. The hypernetwork's size therefore does not depend
+on the widest layer. Vectors (biases, norm gains/shifts, class tokens) are ``v[i] = E(i) . m_kind``.
+
+Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(2 / fan_in)`` (``sqrt(1 / fan_in)`` for
+embedding tables) times a learned per-parameter factor in ``[e^-2, e^2]``, so predictions start with the variance of
+a Kaiming init and training only has to learn deviations. Gains start at 1, biases and shifts near 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ghn.graph import ParamRef
+
+VECTOR_KINDS: Tuple[str, ...] = ("bias", "gain", "shift", "token")
+PARAM_KINDS: Tuple[str, ...] = ("matrix",) + VECTOR_KINDS
+MAX_KERNEL_DIMS = 3
+NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
+TABLE_OPS = frozenset({"embedding", "pos_embed"})  # rows are looked up, not summed: target RMS sqrt(1/fan_in)
+
+
+class DecoderShapeError(ValueError):
+    """A parameter has a shape the decoder cannot emit (e.g. more than 3 kernel dimensions)."""
+
+
+def param_shape(ref: ParamRef) -> Tuple[int, ...]:
+    """The shape the decoder emits for ``ref``: leading singleton dims dropped, at most (out, in, k1, k2, k3)."""
+    shape = tuple(ref.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    if ref.kind == "matrix" and len(shape) > 2 + MAX_KERNEL_DIMS:
+        raise DecoderShapeError(
+            f"{ref.name}: shape {tuple(ref.shape)} has {len(shape) - 2} kernel dims; the decoder emits at most "
+            f"{MAX_KERNEL_DIMS} (conv1d/2d/3d)")
+    if ref.kind != "matrix" and len(shape) > 1:
+        raise DecoderShapeError(f"{ref.name}: a {ref.kind} vector must be 1-D, got shape {tuple(ref.shape)}")
+    if ref.kind not in PARAM_KINDS:
+        raise DecoderShapeError(f"{ref.name}: unknown parameter kind {ref.kind!r}")
+    return shape
+
+
+def param_features(ref: ParamRef) -> List[float]:
+    """Descriptor of a parameter: kind one-hot, log sizes of out/in/kernel, fan-in, transposed flag."""
+    shape = param_shape(ref)
+    onehot = [float(ref.kind == k) for k in PARAM_KINDS]
+    out = shape[0] if shape else 1
+    inp = shape[1] if len(shape) > 1 else 1
+    k = math.prod(shape[2:]) if len(shape) > 2 else 1
+    lg = lambda v: math.log2(1 + v) / 8  # noqa: E731
+    return onehot + [lg(out), lg(inp), lg(k), lg(ref.fan_in), float(ref.transposed)]
+
+
+class LowRankDecoder(nn.Module):
+    """Decodes context vectors into weights of arbitrary shape (see module docstring)."""
+
+    def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
+                 code_seed: int = 0):
+        super().__init__()
+        self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
+        ctx = 2 * hidden
+        self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
+                                     nn.Linear(ctx, ctx), nn.GELU())
+        self.head_a = nn.Linear(ctx, code_dim * rank)
+        self.head_b = nn.Linear(ctx, code_dim * rank)
+        self.head_k = nn.Linear(ctx, kernel_code_dim * rank)
+        self.head_scale = nn.Linear(ctx, 1)
+        self.head_vec = nn.Linear(ctx, code_dim * len(VECTOR_KINDS))
+        for head in (self.head_scale, self.head_vec):
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
+        # Fixed random-Fourier codes (buffers: saved with the checkpoint, identical on every device).
+        g = torch.Generator().manual_seed(code_seed)
+        self.register_buffer("freq", torch.rand(code_dim, generator=g) * math.pi)
+        self.register_buffer("phase", torch.rand(code_dim, generator=g) * 2 * math.pi)
+        self.register_buffer("kfreq", torch.randn(kernel_code_dim, MAX_KERNEL_DIMS, generator=g))
+        self.register_buffer("kphase", torch.rand(kernel_code_dim, generator=g) * 2 * math.pi)
+
+    # -- codes -----------------------------------------------------------------------------------------------
+    def index_code(self, n: int) -> Tensor:
+        """``E``: [n, code_dim] deterministic pseudo-random code of indices 0..n-1 (unit-norm rows on average)."""
+        i = torch.arange(n, device=self.freq.device, dtype=self.freq.dtype)
+        return torch.cos(i[:, None] * self.freq + self.phase) * math.sqrt(2.0 / self.code_dim)
+
+    def kernel_code(self, kernel: Sequence[int]) -> Tensor:
+        """``P``: [prod(kernel), kernel_code_dim] code of kernel offsets relative to the kernel centre."""
+        dev, dt = self.kfreq.device, self.kfreq.dtype
+        if not kernel:
+            offs = torch.zeros(1, MAX_KERNEL_DIMS, device=dev, dtype=dt)
+        else:
+            axes = [torch.arange(k, device=dev, dtype=dt) - (k - 1) / 2 for k in kernel]
+            grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(kernel))
+            offs = torch.zeros(grid.shape[0], MAX_KERNEL_DIMS, device=dev, dtype=dt)
+            offs[:, MAX_KERNEL_DIMS - len(kernel):] = grid
+        return torch.cos(offs @ self.kfreq.t() + self.kphase) * math.sqrt(2.0 / self.kernel_code_dim)
+
+    # -- decoding --------------------------------------------------------------------------------------------
+    def forward(self, node_emb: Tensor, refs: Sequence[ParamRef]) -> List[Tensor]:
+        """Decode one tensor per ref (``node_emb[i]`` is the embedding of the node owning ``refs[i]``).
+
+        Refs of the same shape and kind are decoded together in one batched einsum; the result for a ref does
+        not depend on which other refs are in the batch.
+        """
+        if len(refs) == 0:
+            return []
+        shapes = [param_shape(r) for r in refs]
+        feats = torch.tensor([param_features(r) for r in refs], device=node_emb.device, dtype=node_emb.dtype)
+        ctx = self.context(torch.cat([node_emb, feats], -1))
+        out: List[Tensor] = [None] * len(refs)  # type: ignore[list-item]
+        groups: Dict[Tuple, List[int]] = {}
+        for i, (r, s) in enumerate(zip(refs, shapes)):
+            groups.setdefault((r.kind, s), []).append(i)
+        for (kind, shape), idx in groups.items():
+            c = ctx[idx]
+            if kind == "matrix":
+                ws = self._matrices(c, shape, [refs[i] for i in idx])
+            else:
+                ws = self._vectors(c, shape[0] if shape else 1, kind)
+            for j, i in enumerate(idx):
+                out[i] = ws[j].reshape(refs[i].shape)
+        return out
+
+    def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef]) -> Tensor:
+        g, r, d = c.shape[0], self.rank, self.code_dim
+        n_out, n_in, kernel = shape[0], shape[1], shape[2:]
+        e_out, e_in = self.index_code(n_out), self.index_code(n_in)
+        a = torch.einsum("od,gdr->gor", e_out, self.head_a(c).view(g, d, r))
+        b = torch.einsum("jd,gdr->gjr", e_in, self.head_b(c).view(g, d, r))
+        k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
+        w = torch.einsum("gor,gjr,gpr->gojp", a, b, k)
+        rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
+        gain = torch.tensor([1.0 if ref.op in TABLE_OPS else 2.0 for ref in refs],
+                            device=c.device, dtype=c.dtype)
+        fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
+        scale = (gain / fan_in).sqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
+        w = w / rms * scale.view(g, 1, 1, 1)
+        return w.reshape(g, n_out, n_in, *kernel)
+
+    def _vectors(self, c: Tensor, n: int, kind: str) -> Tensor:
+        k = VECTOR_KINDS.index(kind)
+        m = self.head_vec(c).view(c.shape[0], len(VECTOR_KINDS), self.code_dim)[:, k]
+        v = m @ self.index_code(n).t()  # [g, n]
+        return 1.0 + v if kind == "gain" else v
+

@@ -1,0 +1,267 @@
+"""The graph hypernetwork: encoder + low-rank decoder, checkpoints, and the one-line ``initialize`` API.
+
+    >>> import ghn
+    >>> report = ghn.initialize(model)                 # shipped hypernetwork, weights copied into model
+    >>> print(report)                                  # which tensors were predicted, which left untouched
+
+Training uses the functional path instead: ``params = hypernet.predict_params(model)`` is differentiable w.r.t.
+the hypernetwork and plugs into ``torch.func.functional_call(model, params, x)``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ghn.decoder import LowRankDecoder
+from ghn.encoder import GraphEncoder
+from ghn.graph import ArchGraph
+from ghn.ops import OP_TYPES
+
+FORMAT_VERSION = 1
+PathLike = Union[str, Path]
+DEFAULT_CHECKPOINT = Path(__file__).parent / "pretrained" / "ghn-fmnist.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match this version of ``ghn``."""
+
+
+@dataclass
+class GHNConfig:
+    """Hyperparameters of a :class:`GraphHyperNetwork` (stored in every checkpoint)."""
+
+    hidden: int = 64
+    layers: int = 4
+    rank: int = 32
+    code_dim: int = 64
+    kernel_code_dim: int = 16
+    max_virtual_dist: int = 5
+    conv: str = "gated"
+    code_seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"unknown hypernetwork config keys {sorted(unknown)} (newer ghn version?)")
+        return cls(**d)
+
+
+@dataclass
+class InitReport:
+    """What :func:`initialize` did to one model."""
+
+    model: str
+    predicted: List[str] = field(default_factory=list)
+    tied: Dict[str, str] = field(default_factory=dict)
+    untouched: Dict[str, str] = field(default_factory=dict)
+    num_predicted_values: int = 0
+
+    @property
+    def fraction(self) -> float:
+        n = len(self.predicted) + len(self.untouched)
+        return len(self.predicted) / n if n else 1.0
+
+    def __str__(self) -> str:
+        s = (f"{self.model}: predicted {len(self.predicted)} parameter tensors "
+             f"({self.num_predicted_values:,} values)")
+        if self.tied:
+            s += f", {len(self.tied)} tied"
+        if self.untouched:
+            s += f"; left untouched {len(self.untouched)}: " + ", ".join(
+                f"{k} ({v})" for k, v in list(self.untouched.items())[:8])
+        return s
+
+
+class GraphHyperNetwork(nn.Module):
+    """Predicts every parameter of any model from its computation graph in one forward pass."""
+
+    def __init__(self, config: Optional[GHNConfig] = None, **overrides: Any):
+        super().__init__()
+        cfg = asdict(config or GHNConfig())
+        cfg.update(overrides)
+        self.config = GHNConfig.from_dict(cfg)
+        c = self.config
+        self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv)
+        self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.freq.device
+
+    def num_params(self) -> int:
+        """Number of trainable hypernetwork parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def to_pyg_batch(self, graphs: Sequence[ArchGraph]):
+        """PyG ``Batch`` of ``graphs`` with the virtual edges this hypernetwork uses."""
+        from torch_geometric.data import Batch
+
+        return Batch.from_data_list([g.to_pyg(self.config.max_virtual_dist) for g in graphs]).to(self.device)
+
+    def forward(self, graphs: Sequence[ArchGraph], batch=None) -> List[Dict[str, Tensor]]:
+        """Predict parameters for a batch of graphs: one ``{name: tensor}`` dict per graph.
+
+        Differentiable w.r.t. the hypernetwork. Each dict holds every covered parameter under its canonical name
+        and under every tied alias (the same tensor object). ``batch`` may pass a precomputed ``to_pyg_batch``.
+        """
+        if batch is None:
+            batch = self.to_pyg_batch(graphs)
+        h = self.encoder(batch)
+        offsets = batch.ptr[:-1].tolist()
+        node_idx, refs, owner = [], [], []
+        for gi, (g, off) in enumerate(zip(graphs, offsets)):
+            for ni, ref in g.param_refs():
+                node_idx.append(off + ni)
+                refs.append(ref)
+                owner.append(gi)
+        tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs)
+        out: List[Dict[str, Tensor]] = [{} for _ in graphs]
+        for gi, ref, t in zip(owner, refs, tensors):
+            out[gi][ref.name] = t
+            for alias in ref.aliases:
+                out[gi][alias] = t
+        return out
+
+    def predict_params(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
+                       strict: bool = True) -> Dict[str, Tensor]:
+        """Functional path: ``{param name: predicted tensor}`` for ``torch.func.functional_call``."""
+        graph = graph or ArchGraph.from_module(model, example_input, strict=strict)
+        return self([graph])[0]
+
+    @torch.no_grad()
+    def initialize(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
+                   strict: bool = True) -> InitReport:
+        """Copy predicted tensors into ``model``'s own parameters (in place, no attribute surgery)."""
+        graph = graph or ArchGraph.from_module(model, example_input, strict=strict)
+        was_training = self.training
+        self.eval()
+        try:
+            preds = self([graph])[0]
+        finally:
+            self.train(was_training)
+        return write_params(model, preds, graph)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def save(self, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> None:
+        """Save weights (safetensors) with the JSON config, format version and op vocabulary in its metadata."""
+        from safetensors.torch import save_file
+
+        meta = {"format": "ghn", "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(self.config)),
+                "op_types": json.dumps(list(OP_TYPES)), "extra": json.dumps(extra or {})}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path), meta)
+
+    @classmethod
+    def load(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> "GraphHyperNetwork":
+        """Load a checkpoint written by :meth:`save`; raises :class:`CheckpointError` with the reason."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises several types for truncated/garbage files
+            raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+        if meta.get("format") != "ghn":
+            raise CheckpointError(f"{path}: not a ghn checkpoint (no 'format: ghn' metadata)")
+        version = int(meta.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {version}, this ghn reads {FORMAT_VERSION}")
+        ops = json.loads(meta.get("op_types", "[]"))
+        if list(OP_TYPES[:len(ops)]) != ops:
+            raise CheckpointError(f"{path}: op vocabulary of the checkpoint differs from ghn.ops.OP_TYPES")
+        model = cls(GHNConfig.from_dict(json.loads(meta["config"])))
+        if len(ops) < len(OP_TYPES):  # vocabulary grew (append-only): keep fresh rows for the new ops
+            emb = state["encoder.op_embed.weight"]
+            fresh = model.encoder.op_embed.weight.detach().clone()
+            fresh[:len(ops)] = emb
+            state["encoder.op_embed.weight"] = fresh
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            raise CheckpointError(f"{path}: tensors do not match the config: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+        model.load_state_dict(state)
+        model.extra = json.loads(meta.get("extra", "{}"))
+        return model.to(map_location)
+
+
+@torch.no_grad()
+def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -> InitReport:
+    """Copy ``preds`` into the model's parameters by name and report what was predicted / left untouched."""
+    report = InitReport(type(model).__name__)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    done = set()
+    for name, p in named.items():
+        t = preds.get(name)
+        if t is None:
+            continue
+        if t.shape != p.shape:
+            raise RuntimeError(f"{name}: predicted shape {tuple(t.shape)} != parameter shape {tuple(p.shape)}")
+        if id(p) in done:
+            continue
+        p.copy_(t.to(device=p.device, dtype=p.dtype))
+        done.add(id(p))
+        report.predicted.append(name)
+        report.num_predicted_values += p.numel()
+    cov = graph.coverage()
+    report.tied = {k: v for k, v in cov.tied.items() if ":" not in k}
+    for name in cov.unused:
+        report.untouched[name] = "not used in the traced forward pass"
+    for name, fn in cov.unsupported.items():
+        report.untouched[name] = f"consumed by unsupported op {fn}()"
+    return report
+
+
+_DEFAULT: Dict[str, GraphHyperNetwork] = {}
+
+
+def load_pretrained(path: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu") -> GraphHyperNetwork:
+    """Load a hypernetwork checkpoint; without ``path``, the one shipped with the package (cached)."""
+    if path is not None:
+        return GraphHyperNetwork.load(path, device)
+    key = str(device)
+    if key not in _DEFAULT:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing from this install")
+        _DEFAULT[key] = GraphHyperNetwork.load(DEFAULT_CHECKPOINT, device)
+    return _DEFAULT[key]
+
+
+def initialize(model: nn.Module, example_input: Any = None, ghn: Union[None, PathLike, GraphHyperNetwork] = None,
+               strict: bool = True) -> InitReport:
+    """Predict all parameters of ``model`` and write them into it. Returns an :class:`InitReport`.
+
+    ``ghn`` is a hypernetwork, a checkpoint path, or ``None`` for the shipped pretrained one. Normalisation
+    running statistics are buffers and are not predicted: re-estimate them with
+    :func:`ghn.training.calibrate_norm_stats` before evaluating in eval mode.
+    """
+    if not isinstance(ghn, GraphHyperNetwork):
+        p = next(model.parameters(), None)
+        dev = p.device if p is not None and p.device.type != "meta" else "cpu"
+        ghn = load_pretrained(ghn, dev)
+    return ghn.initialize(model, example_input, strict=strict)
+
+
+def count_values(params: Dict[str, Tensor]) -> int:
+    """Number of distinct predicted values in a params dict (tied tensors counted once)."""
+    return sum(t.numel() for t in {id(t): t for t in params.values()}.values())
+
+
+__all__ = ["GraphHyperNetwork", "GHNConfig", "InitReport", "CheckpointError", "initialize", "load_pretrained",
+           "write_params", "count_values", "DEFAULT_CHECKPOINT"]
