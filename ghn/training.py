@@ -1,0 +1,270 @@
+"""Training the hypernetwork with Hugging Face Accelerate (CPU, one GPU, DDP over GPUs/nodes, mixed precision).
+
+Each step samples a meta-batch of architectures, predicts all their parameters in one hypernetwork pass, runs every
+network on the same image batch through ``torch.func.functional_call`` and backpropagates the mean classification
+loss into the hypernetwork.
+
+Randomness is a pure function of ``(seed, step, rank)``: which architectures and which images a step sees does not
+depend on history, so ``--resume`` reproduces the following steps exactly (model, optimizer, scheduler and the step
+counter are restored with ``Accelerator.save_state``/``load_state``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ghn.graph import ArchGraph
+from ghn.hypernet import GHNConfig, GraphHyperNetwork
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train` (``train.py`` exposes each as a flag)."""
+
+    dataset: str = "fashion-mnist"
+    data_root: Optional[str] = None
+    archs: str = "train"              # architecture split name (data/) or a specs file
+    out_dir: str = "runs/ghn"
+    steps: int = 1000
+    meta_batch: int = 4               # architectures per step and process
+    batch_size: int = 64              # images per step and process
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    grad_clip: float = 5.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"       # "no" | "bf16" | "fp16"
+    max_params_per_step: int = 20_000_000  # memory budget: predicted values per meta-batch (never drops an arch)
+    ckpt_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: Optional[str] = None      # a checkpoint directory written by this trainer
+    init_from: Optional[str] = None   # a hypernetwork .safetensors to fine-tune
+    cpu: bool = False
+    progress: bool = True
+    ghn: Dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides for a fresh hypernetwork
+
+
+def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
+    """A generator seeded from ``(seed, step, rank, what)`` only."""
+    h = hashlib.sha256(f"{seed}/{step}/{rank}/{what}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
+class ArchPool:
+    """Builds (and caches, LRU) the models and graphs of an architecture dataset for one image task."""
+
+    def __init__(self, archs, num_classes: int, in_channels: int, image_size: int, cache_size: int = 512):
+        self.archs = archs
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.cache: "OrderedDict[int, Tuple[nn.Module, ArchGraph]]" = OrderedDict()
+        self.cache_size = cache_size
+
+    def __len__(self) -> int:
+        return len(self.archs)
+
+    def get(self, i: int, device: torch.device) -> Tuple[nn.Module, ArchGraph]:
+        if i in self.cache:
+            self.cache.move_to_end(i)
+            return self.cache[i]
+        model = self.archs.build(i, num_classes=self.num_classes, in_channels=self.in_channels,
+                                 image_size=self.image_size)
+        x = torch.zeros(2, self.in_channels, self.image_size, self.image_size)
+        graph = ArchGraph.from_module(model, x)
+        model = model.to(device)
+        self.cache[i] = (model, graph)
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return model, graph
+
+
+def pack_meta_batch(sizes: List[int], budget: int) -> int:
+    """How many of the sampled architectures fit the budget (at least one, so no architecture is ever dropped)."""
+    total, n = 0, 0
+    for s in sizes:
+        if n and total + s > budget:
+            break
+        total, n = total + s, n + 1
+    return n
+
+
+def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGraph], x: torch.Tensor,
+                    y: torch.Tensor, batch=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the meta-batch of predicted networks, and their mean accuracy."""
+    preds = ghn(graphs, batch)
+    losses, accs = [], []
+    for model, params in zip(models, preds):
+        logits = torch.func.functional_call(model, params, (x,), strict=False)
+        losses.append(F.cross_entropy(logits.float(), y))
+        accs.append((logits.argmax(-1) == y).float().mean())
+    return torch.stack(losses).mean(), torch.stack(accs).mean().detach()
+
+
+@torch.no_grad()
+def calibrate_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], params: Optional[Dict] = None) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average over ``batches``), no gradient steps."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        if params is None:
+            model(x)
+        else:
+            torch.func.functional_call(model, params, (x,), strict=False)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+
+
+def _load_data(cfg: TrainConfig):
+    from ghn.datasets import get_dataset
+
+    return get_dataset(cfg.dataset, cfg.data_root, train=True)
+
+
+def _load_archs(cfg: TrainConfig):
+    from ghn.data import ArchDataset
+
+    return ArchDataset(cfg.archs)
+
+
+def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[Dict[str, Any]], None]] = None
+          ) -> Dict[str, Any]:
+    """Train (or resume / fine-tune) a hypernetwork; returns the final log record.
+
+    ``data`` (an image dataset with ``.images/.labels/.num_classes``) and ``archs`` (an ``ArchDataset``) may be
+    passed directly, e.g. by tests; otherwise they come from ``cfg.dataset`` / ``cfg.archs``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                      cpu=cfg.cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    data = data if data is not None else _load_data(cfg)
+    archs = archs if archs is not None else _load_archs(cfg)
+    images, labels = data.images, data.labels
+    image_size = int(images.shape[-1])
+    pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size)
+    out_dir = Path(cfg.out_dir)
+
+    torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
+    if cfg.init_from:
+        ghn = GraphHyperNetwork.load(cfg.init_from)
+    else:
+        ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
+    opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.steps)
+
+    def lr_lambda(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    ghn, opt, sched = acc.prepare(ghn, opt, sched)
+    inner: GraphHyperNetwork = acc.unwrap_model(ghn)
+
+    state = {"step": 0, "skipped_nan": 0, "archs_seen": 0, "image_passes": 0}
+    if cfg.resume:
+        rdir = Path(cfg.resume)
+        if not (rdir / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"--resume {rdir}: no trainer_state.json (not a checkpoint of train.py)")
+        acc.load_state(str(rdir))
+        state.update(json.loads((rdir / "trainer_state.json").read_text()))
+
+    rank, world = acc.process_index, acc.num_processes
+    log_path = out_dir / "log.jsonl"
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if cfg.progress and acc.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", dynamic_ncols=True)
+    record: Dict[str, Any] = {}
+    t_last, archs_last, imgs_last = time.perf_counter(), state["archs_seen"], state["image_passes"]
+    ghn.train()
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        g_arch = step_rng(cfg.seed, step, rank, "archs")
+        idx = torch.randint(len(pool), (cfg.meta_batch,), generator=g_arch).tolist()
+        models, graphs = zip(*[pool.get(i, acc.device) for i in idx])
+        sizes = [sum(math.prod(r.shape) for _, r in g.param_refs()) for g in graphs]
+        n = pack_meta_batch(sizes, cfg.max_params_per_step)
+        models, graphs = list(models[:n]), list(graphs[:n])
+        g_img = step_rng(cfg.seed, step, rank, "images")
+        bi = torch.randint(len(labels), (cfg.batch_size,), generator=g_img)
+        x, y = images[bi].to(acc.device), labels[bi].to(acc.device)
+
+        with acc.accumulate(ghn):
+            with acc.autocast():
+                loss, acc1 = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs))
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device)
+            if acc.gather(bad).sum() > 0:  # every rank skips together, so DDP never waits on a missing backward
+                state["skipped_nan"] += 1
+                opt.zero_grad(set_to_none=True)
+            else:
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(ghn.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["archs_seen"] += n * world
+        state["image_passes"] += cfg.batch_size * n * world  # one image through one network = one pass
+        losses = acc.gather(torch.stack([loss.detach().float(), acc1]).unsqueeze(0)).mean(0)
+        record = {"step": state["step"], "loss": float(losses[0]), "acc": float(losses[1]),
+                  "lr": float(sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": state["skipped_nan"]}
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            now = time.perf_counter()
+            dt = max(now - t_last, 1e-9)
+            record["archs_per_s"] = (state["archs_seen"] - archs_last) / dt
+            record["images_per_s"] = (state["image_passes"] - imgs_last) / dt
+            t_last, archs_last, imgs_last = now, state["archs_seen"], state["image_passes"]
+            if acc.is_main_process:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}",
+                            archs_s=f"{record.get('archs_per_s', 0):.1f}")
+        if on_step is not None:
+            on_step(record)
+        if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
+            save_checkpoint(acc, inner, state, out_dir, cfg)
+    if bar is not None:
+        bar.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return record
+
+
+def save_checkpoint(acc, ghn: GraphHyperNetwork, state: Dict[str, Any], out_dir: Path, cfg: TrainConfig) -> Path:
+    """Write ``out_dir/ckpt-<step>/`` (full training state for ``--resume``) and ``out_dir/ghn.safetensors``."""
+    ckpt = out_dir / f"ckpt-{state['step']:07d}"
+    acc.wait_for_everyone()
+    acc.save_state(str(ckpt))
+    if acc.is_main_process:
+        (ckpt / "trainer_state.json").write_text(json.dumps(state))
+        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs}
+        ghn.save(out_dir / "ghn.safetensors", extra=extra)
+        ghn.save(ckpt / "ghn.safetensors", extra=extra)
+    acc.wait_for_everyone()
+    return ckpt
