@@ -1,0 +1,220 @@
+"""The zoo: resolve model names to modules, and batch-initialize many models at once.
+
+Names resolve in this order: a spec file (``*.json``, one architecture spec of ``ghn.space``), ``module:Attr``
+(import and call), ``torchvision:NAME`` / ``timm:NAME`` / ``hf:NAME`` (optional extras), a built-in name of
+``ghn.predefined`` (resnet18, resnet50, vit_small, mobilenet_v2, ... — no torchvision needed), and finally a plain
+torchvision or timm name when those packages are installed.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ghn.graph import ArchGraph
+from ghn.hypernet import GraphHyperNetwork, InitReport, write_params
+
+
+def _call_with_supported(fn, **kw: Any) -> nn.Module:
+    """Call a model factory with the keyword arguments it accepts (num_classes, in_channels, ...)."""
+    try:
+        sig = inspect.signature(fn)
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            kw = {k: v for k, v in kw.items() if k in sig.parameters}
+    except (TypeError, ValueError):
+        pass
+    return fn(**kw)
+
+
+def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """Build a model from a name, ``module:Attr``, ``torchvision:/timm:/hf:`` name or a spec ``.json`` file."""
+    kw = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file not found: {path}")
+        from ghn.space import build_model
+
+        return build_model(json.loads(path.read_text()), **kw)
+    if ":" in name:
+        prefix, attr = name.split(":", 1)
+        if prefix == "torchvision":
+            tv = _optional("torchvision", "vision")
+            return tv.models.get_model(attr, weights=None, num_classes=num_classes)
+        if prefix == "timm":
+            timm = _optional("timm", "vision")
+            return timm.create_model(attr, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        if prefix == "hf":
+            tr = _optional("transformers", "nlp")
+            return tr.AutoModelForCausalLM.from_config(tr.AutoConfig.from_pretrained(attr))
+        module = importlib.import_module(prefix)
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return _call_with_supported(obj, **kw)
+    from ghn.predefined import PREDEFINED, build_predefined
+
+    key = name.lower().replace("-", "_")
+    try:
+        return build_predefined(key, **kw)
+    except KeyError:
+        pass
+    for pkg, factory in (("torchvision", lambda m: m.models.get_model(name, weights=None, num_classes=num_classes)),
+                         ("timm", lambda m: m.create_model(name, pretrained=False, num_classes=num_classes))):
+        try:
+            mod = importlib.import_module(pkg)
+        except ImportError:
+            continue
+        try:
+            return factory(mod)
+        except Exception:  # not a name of that package
+            continue
+    raise KeyError(f"unknown model {name!r}; built-in: {', '.join(sorted(PREDEFINED))}; also accepted: "
+                   "'module:Class', 'torchvision:NAME', 'timm:NAME', 'hf:NAME' (with the extras installed) or a "
+                   "spec .json file")
+
+
+def _optional(pkg: str, extra: str):
+    try:
+        return importlib.import_module(pkg)
+    except ImportError:
+        raise ImportError(f"{pkg} is not installed: pip install -e .[{extra}]") from None
+
+
+@dataclass
+class ZooEntry:
+    """One model of a zoo: a display name and how to build it (a model name or a spec dict)."""
+
+    name: str
+    source: Union[str, Dict[str, Any]]
+
+
+def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
+    """Read a zoo: a directory of spec ``.json`` files, a text file of model names (one per line, ``#`` comments),
+    a ``.jsonl``/``.jsonl.gz`` file of specs, or an architecture split of ``ghn.data``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"zoo directory {path} holds no *.json spec files")
+        return [ZooEntry(f.stem, json.loads(f.read_text())) for f in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo file not found: {path}")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        from ghn.data import ArchDataset
+
+        ds = ArchDataset(str(path))
+        return [ZooEntry(f"{path.name.split('.')[0]}-{i:05d}", ds[i]) for i in range(len(ds))]
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            entries.append(ZooEntry(line.replace("/", "_").replace(":", "_"), line))
+    return entries
+
+
+def build_entry(entry: ZooEntry, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Build the module of a zoo entry."""
+    if isinstance(entry.source, dict):
+        from ghn.space import build_model
+
+        return build_model(entry.source, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    return get_model(entry.source, num_classes, in_channels, image_size)
+
+
+def save_predicted(model: nn.Module, report: InitReport, path: Union[str, Path]) -> None:
+    """Write the predicted tensors of ``model`` (tied tensors once) to a safetensors file with the report."""
+    from safetensors.torch import save_file
+
+    named = dict(model.named_parameters())
+    tensors = {k: named[k].detach().contiguous().cpu() for k in report.predicted if k in named}
+    meta = {"predicted_by": "ghn", "tied": json.dumps(report.tied), "untouched": json.dumps(report.untouched)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), meta)
+
+
+@dataclass
+class ZooSummary:
+    """Result of :func:`initialize_zoo`."""
+
+    reports: Dict[str, InitReport] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        full = sum(1 for r in self.reports.values() if not r.untouched)
+        vals = sum(r.num_predicted_values for r in self.reports.values())
+        s = (f"{len(self.reports)} models initialized ({full} fully covered), {vals:,} values predicted in "
+             f"{self.seconds:.1f}s")
+        if self.failed:
+            s += f"; {len(self.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in list(self.failed.items())[:5])
+        return s
+
+
+@torch.no_grad()
+def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir: Optional[Union[str, Path]] = None,
+                   batch_size: int = 16, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                   strict: bool = True, progress: bool = True, keep_models: bool = False
+                   ) -> Tuple[ZooSummary, Dict[str, nn.Module]]:
+    """Predict parameters for many models, ``batch_size`` graphs per hypernetwork pass.
+
+    Each model's predicted tensors go to ``out_dir/<name>.safetensors`` (when given) and a ``summary.json`` lists
+    per model what was predicted and what was left untouched. A model that fails to build or trace is recorded in
+    ``summary.failed`` with the reason; the others continue.
+    """
+    summary, kept = ZooSummary(), {}
+    t0 = time.perf_counter()
+    ghn.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(entries), desc="zoo", dynamic_ncols=True)
+    x = torch.zeros(2, in_channels, image_size, image_size)
+    for start in range(0, len(entries), batch_size):
+        chunk, models, graphs = [], [], []
+        for e in entries[start:start + batch_size]:
+            try:
+                m = build_entry(e, num_classes, in_channels, image_size)
+                g = ArchGraph.from_module(m, x if _takes_images(m) else None, strict=strict)
+            except Exception as err:  # reported per model, never silently
+                summary.failed[e.name] = f"{type(err).__name__}: {err}"
+                continue
+            chunk.append(e)
+            models.append(m)
+            graphs.append(g)
+        if graphs:
+            preds = ghn(graphs)
+            for e, m, g, p in zip(chunk, models, graphs, preds):
+                rep = write_params(m, p, g)
+                rep.model = e.name
+                summary.reports[e.name] = rep
+                if out_dir is not None:
+                    save_predicted(m, rep, Path(out_dir) / f"{e.name}.safetensors")
+                if keep_models:
+                    kept[e.name] = m
+        if bar is not None:
+            bar.update(len(entries[start:start + batch_size]))
+    if bar is not None:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        doc = {"models": {k: {"predicted": len(r.predicted), "values": r.num_predicted_values,
+                              "tied": r.tied, "untouched": r.untouched} for k, r in summary.reports.items()},
+               "failed": summary.failed, "seconds": summary.seconds}
+        (Path(out_dir) / "summary.json").write_text(json.dumps(doc, indent=1))
+    return summary, kept
+
+
+def _takes_images(model: nn.Module) -> bool:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Embedding, nn.Linear, nn.Conv1d))),
+                 None)
+    return isinstance(first, nn.Conv2d)

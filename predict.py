@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Predict the parameters of a model (or a whole zoo) with a graph hypernetwork.
+
+    python predict.py --model resnet18 --out resnet18.safetensors      # shipped hypernetwork
+    python predict.py --model mypkg.models:MyNet --ckpt runs/x/ghn.safetensors --num-classes 100
+    python predict.py --zoo data/test.jsonl.gz --out-dir out/zoo          # batch-initialize many models
+    python predict.py --model resnet18 --eval fashion-mnist               # + accuracy with no training
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="built-in name, module:Class, torchvision:/timm:/hf: name, or spec .json")
+    src.add_argument("--zoo", help="file of model names / specs (.jsonl[.gz]) or a directory of spec .json files")
+    p.add_argument("--ckpt", help="hypernetwork checkpoint (.safetensors); default: the shipped one")
+    p.add_argument("--out", help="where to write the predicted weights (.safetensors) for --model")
+    p.add_argument("--out-dir", help="where to write one .safetensors per model and summary.json for --zoo")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's training task")
+    p.add_argument("--in-channels", type=int, help="default: the checkpoint's training task")
+    p.add_argument("--image-size", type=int, help="default: the checkpoint's training task")
+    p.add_argument("--batch-size", type=int, default=16, help="graphs per hypernetwork pass (--zoo)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lenient", action="store_true", help="leave unsupported layers untouched instead of failing")
+    p.add_argument("--eval", metavar="DATASET", help="also report top-1 of the predicted model (no training) on "
+                   "this dataset's test split: fashion-mnist | cifar10 | cifar100")
+    p.add_argument("--data-root", help="dataset folder for --eval")
+    a = p.parse_args(argv)
+
+    from ghn.hypernet import load_pretrained
+    from ghn.zoo import ZooEntry, get_model, initialize_zoo, read_zoo, save_predicted
+
+    ghn = load_pretrained(a.ckpt, a.device)
+    task = getattr(ghn, "extra", {}) or {}
+    num_classes = a.num_classes or task.get("num_classes", 10)
+    in_channels = a.in_channels or task.get("in_channels", 3)
+    image_size = a.image_size or task.get("image_size", 32)
+    print(f"hypernetwork: {a.ckpt or 'shipped default'} ({ghn.num_params():,} params; trained on "
+          f"{task.get('dataset', 'unknown')}); target task: {num_classes} classes, {in_channels}x{image_size}px")
+
+    if a.zoo:
+        entries = read_zoo(a.zoo)
+        summary, _ = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, num_classes, in_channels, image_size,
+                                    strict=not a.lenient)
+        print(summary)
+        return 1 if summary.failed and not summary.reports else 0
+
+    model = get_model(a.model, num_classes, in_channels, image_size)
+    t0 = time.perf_counter()
+    x = torch.zeros(2, in_channels, image_size, image_size)
+    summary, models = initialize_zoo([ZooEntry(a.model, a.model)], ghn, None, 1, num_classes, in_channels,
+                                     image_size, strict=not a.lenient, progress=False, keep_models=True)
+    if summary.failed:
+        print(f"error: {summary.failed[a.model]}", file=sys.stderr)
+        return 2
+    report = summary.reports[a.model]
+    model = models[a.model]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{report}\n{n_params:,} parameters, predicted in {time.perf_counter() - t0:.2f}s")
+    if a.out:
+        save_predicted(model, report, a.out)
+        print(f"wrote {a.out}  (load with model.load_state_dict(safetensors.torch.load_file(path), strict=False))")
+    if a.eval:
+        from ghn.datasets import get_dataset
+        from ghn.evaluation import evaluate_init
+
+        test = get_dataset(a.eval, a.data_root, train=False)
+        train = get_dataset(a.eval, a.data_root, train=True)
+        acc = evaluate_init(model, train, test)
+        print(f"top-1 on {a.eval} test with predicted parameters, no training: {100 * acc:.2f}%")
+    del x
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
