@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from ghn.hypernet import load_pretrained
-    from ghn.zoo import ZooEntry, get_model, initialize_zoo, read_zoo, save_predicted
+    from ghn.zoo import ZooEntry, initialize_zoo, read_zoo, save_predicted
 
     ghn = load_pretrained(a.ckpt, a.device)
     task = getattr(ghn, "extra", {}) or {}
@@ -53,9 +53,7 @@ def main(argv=None) -> int:
         print(summary)
         return 1 if summary.failed and not summary.reports else 0
 
-    model = get_model(a.model, num_classes, in_channels, image_size)
     t0 = time.perf_counter()
-    x = torch.zeros(2, in_channels, image_size, image_size)
     summary, models = initialize_zoo([ZooEntry(a.model, a.model)], ghn, None, 1, num_classes, in_channels,
                                      image_size, strict=not a.lenient, progress=False, keep_models=True)
     if summary.failed:
@@ -76,7 +74,6 @@ def main(argv=None) -> int:
         train = get_dataset(a.eval, a.data_root, train=True)
         acc = evaluate_init(model, train, test)
         print(f"top-1 on {a.eval} test with predicted parameters, no training: {100 * acc:.2f}%")
-    del x
     return 0
 
 

@@ -1,0 +1,71 @@
+"""Evaluating predicted parameters: accuracy with no training, and after short fine-tuning (vs. default init).
+
+BatchNorm running statistics are buffers the hypernetwork does not predict; before evaluating in eval mode they are
+re-estimated on a few training batches with no gradient step (``calibrate_norm_stats``). Every function takes an
+explicit seed: no global RNG state is read or changed.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ghn.training import calibrate_norm_stats
+
+
+def batches(data, batch_size: int, seed: int, shuffle: bool = True, limit: Optional[int] = None
+            ) -> Iterator[tuple]:
+    """Yield ``(images, labels)`` batches of an in-memory dataset in a seeded order."""
+    n = len(data.labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    for k, i in enumerate(range(0, n, batch_size)):
+        if limit is not None and k >= limit:
+            return
+        idx = order[i:i + batch_size]
+        yield data.images[idx], data.labels[idx]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data, batch_size: int = 500, device: str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` in eval mode on a whole dataset."""
+    model.eval()
+    correct = 0
+    for x, y in batches(data, batch_size, 0, shuffle=False):
+        correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
+    return correct / len(data.labels)
+
+
+def evaluate_init(model: nn.Module, train_data, test_data, calib_batches: int = 20, batch_size: int = 128,
+                  seed: int = 0, device: str = "cpu") -> float:
+    """Accuracy of ``model`` as it is (e.g. predicted parameters), after BN-statistics calibration only."""
+    model.to(device)
+    calibrate_norm_stats(model, (x.to(device) for x, _ in batches(train_data, batch_size, seed, limit=calib_batches)))
+    return accuracy(model, test_data, device=device)
+
+
+def finetune(model: nn.Module, train_data, epochs: float = 1.0, lr: float = 0.05, batch_size: int = 128,
+             seed: int = 0, device: str = "cpu", max_steps: Optional[int] = None) -> int:
+    """Plain SGD (momentum 0.9, nesterov, cosine LR, wd 5e-4) for ``epochs`` passes; returns the number of steps."""
+    model.to(device).train()
+    steps_per_epoch = (len(train_data.labels) + batch_size - 1) // batch_size
+    total = int(round(epochs * steps_per_epoch))
+    if max_steps is not None:
+        total = min(total, max_steps)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1), pct_start=0.1)
+    step, epoch = 0, 0
+    while step < total:
+        for x, y in batches(train_data, batch_size, seed + epoch):
+            if step >= total:
+                break
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+        epoch += 1
+    return step
