@@ -9,9 +9,10 @@ or a 50k-row embedding table are native), ``P(p)`` a code of the kernel offset, 
 produced from the node's context vector by small linear heads. The hypernetwork's size therefore does not depend
 on the widest layer. Vectors (biases, norm gains/shifts, class tokens) are ``v[i] = E(i) . m_kind``.
 
-Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(2 / fan_in)`` (``sqrt(1 / fan_in)`` for
-embedding tables) times a learned per-parameter factor in ``[e^-2, e^2]``, so predictions start with the variance of
-a Kaiming init and training only has to learn deviations. Gains start at 1, biases and shifts near 0.
+Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(1 / fan_in)`` (LeCun variance; for embedding
+tables fan_in is the embedding width) times a learned, op- and layer-dependent factor in ``[e^-2, e^2]`` (so a
+ReLU conv can move to Kaiming's sqrt(2 / fan_in) and a residual branch can shrink), so predictions start with a
+sensible variance and training only learns deviations. Gains start at 1, biases and shifts near 0.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ VECTOR_KINDS: Tuple[str, ...] = ("bias", "gain", "shift", "token")
 PARAM_KINDS: Tuple[str, ...] = ("matrix",) + VECTOR_KINDS
 MAX_KERNEL_DIMS = 3
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
-TABLE_OPS = frozenset({"embedding", "pos_embed"})  # rows are looked up, not summed: target RMS sqrt(1/fan_in)
 
 
 class DecoderShapeError(ValueError):
@@ -140,10 +140,8 @@ class LowRankDecoder(nn.Module):
         k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
         w = torch.einsum("gor,gjr,gpr->gojp", a, b, k)
         rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
-        gain = torch.tensor([1.0 if ref.op in TABLE_OPS else 2.0 for ref in refs],
-                            device=c.device, dtype=c.dtype)
         fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
-        scale = (gain / fan_in).sqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
+        scale = fan_in.rsqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
         w = w / rms * scale.view(g, 1, 1, 1)
         return w.reshape(g, n_out, n_in, *kernel)
 

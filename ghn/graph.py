@@ -224,8 +224,12 @@ class _Builder(TorchFunctionMode):
 
     def _node_name(self, op: str, refs: List[ParamRef]) -> str:
         if refs:
-            owner = refs[0].name.rsplit(".", 1)
-            return owner[0] if len(owner) == 2 else refs[0].name
+            # a tied tensor has several names: prefer the one under the module now running (lm_head, not tok_emb)
+            scope = self.scope[-1]
+            pname = next((n for n in (refs[0].name,) + refs[0].aliases if scope and n.startswith(scope + ".")),
+                         refs[0].name)
+            owner = pname.rsplit(".", 1)
+            return owner[0] if len(owner) == 2 else pname
         scope = self.scope[-1]
         return f"{scope}.{op}" if scope else op
 
@@ -252,6 +256,8 @@ class _Builder(TorchFunctionMode):
                 tensors: List[torch.Tensor]) -> None:
         plist = [(p, "") for p in params]
         x = tensors[0]
+        if name == "hardtanh" and _arg(args, kwargs, 1, "min_val", -1.0) == 0:
+            name = "relu6"  # nn.ReLU6 calls F.hardtanh(x, 0, 6)
         if name in O.CONV_FUNCS or name in O.CONV_TRANSPOSE_FUNCS:
             w = _arg(args, kwargs, 1, "weight")
             groups = int(_arg(args, kwargs, 6 if name in O.CONV_FUNCS else 7, "groups", 1) or 1)
@@ -435,7 +441,7 @@ class ArchGraph:
             if name:
                 handles.append(m.register_forward_pre_hook(b._pre_hook(name)))
                 handles.append(m.register_forward_hook(b._post_hook, always_call=True))
-        was_training = model.training
+        training = [(m, m.training) for m in model.modules()]  # restored per module, not model.train(flag)
         model.eval()
         try:
             with torch.no_grad():
@@ -462,7 +468,8 @@ class ArchGraph:
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
+            for m, flag in training:
+                m.training = flag
         b.tags.clear()
 
         cov = cls._make_coverage(model, b)

@@ -89,6 +89,9 @@ PASSTHROUGH_PARAM_FUNCS = frozenset({
     "unsqueeze", "contiguous", "clone", "to", "float", "half", "bfloat16", "type", "type_as", "getitem",
     "repeat", "tile", "narrow", "select", "detach", "chunk", "split", "unbind", "get", "T", "mT",
     "mH", "H", "data", "dropout", "broadcast_to", "movedim", "swapaxes",
+    # value reparameterisations of a parameter (Swin-v2: ``logit_scale.clamp(max=log(100)).exp()``): the tensor
+    # keeps its identity and the op that finally consumes it decides its node and kind
+    "clamp", "clip", "clamp_min", "clamp_max", "exp",
 })
 
 

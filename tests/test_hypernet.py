@@ -1,0 +1,185 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ghn.decoder import DecoderShapeError, LowRankDecoder
+from ghn.graph import ArchGraph, ParamRef
+from ghn.hypernet import CheckpointError, GraphHyperNetwork, initialize
+from tiny import TinyCNN, TinyGPT, TinyViT
+
+SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
+
+
+def models():
+    return [(TinyCNN(), torch.randn(2, 1, 12, 12)), (TinyViT(), torch.randn(2, 1, 12, 12)),
+            (TinyGPT(), torch.randint(0, 50, (2, 8)))]
+
+
+def make_ghn(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GraphHyperNetwork(**{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_predicted_shapes_cover_every_parameter(i):
+    model, x = models()[i]
+    params = make_ghn().predict_params(model, x)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    assert set(params) == set(named)
+    for k, p in named.items():
+        assert params[k].shape == p.shape, k
+        assert torch.isfinite(params[k]).all()
+
+
+def test_fan_in_scaling_and_vector_defaults():
+    model, x = models()[0]
+    params = make_ghn().predict_params(model, x)
+    w = params["stem.weight"]  # (8, 1, 3, 3): fan_in 9, kaiming std sqrt(2/9) up to the learned factor e^[-2, 2]
+    rms = w.pow(2).mean().sqrt().item()
+    assert math.sqrt(2 / 9) * math.exp(-2) <= rms <= math.sqrt(2 / 9) * math.exp(2)
+    assert torch.allclose(params["bn.weight"], torch.ones(8), atol=0.1)  # gains start near 1
+    assert params["fc.bias"].abs().max() < 0.1
+
+
+def test_gradients_reach_every_hypernetwork_parameter():
+    ghn = make_ghn()
+    loss = 0
+    for model, x in models():
+        out = torch.func.functional_call(model, ghn.predict_params(model, x), (x,))
+        loss = loss + out.pow(2).mean()
+    loss.backward()
+    dead = [n for n, p in ghn.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+def test_batched_equals_one_by_one():
+    ghn = make_ghn().eval()
+    graphs = [ArchGraph.from_module(m, x) for m, x in models()]
+    batched = ghn(graphs)
+    for g, b in zip(graphs, batched):
+        single = ghn([g])[0]
+        assert single.keys() == b.keys()
+        for k in single:
+            torch.testing.assert_close(single[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic():
+    model, x = models()[1]
+    a = make_ghn(seed=3).predict_params(model, x)
+    b = make_ghn(seed=3).predict_params(model, x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_initialize_writes_into_real_parameters_and_keeps_ties():
+    model, x = TinyGPT(), torch.randint(0, 50, (2, 8))
+    ids = {k: id(p) for k, p in model.named_parameters()}
+    ghn = make_ghn()
+    expected = ghn.eval().predict_params(model, x)
+    report = ghn.initialize(model, x)
+    assert {k: id(p) for k, p in model.named_parameters()} == ids  # same Parameter objects, no surgery
+    for k, p in model.named_parameters(remove_duplicate=False):
+        torch.testing.assert_close(p.data, expected[k].detach())
+    assert model.lm_head.weight is model.tok.weight
+    assert report.tied == {"lm_head.weight": "tok.weight"}
+    assert "lm_head.weight" not in report.predicted and report.untouched == {}
+
+
+def test_report_lists_untouched_parameters():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.body(x)
+
+    m = WithAux()
+    before = m.aux.weight.detach().clone()
+    rep = make_ghn().initialize(m, torch.randn(2, 4))
+    assert set(rep.untouched) == {"aux.weight", "aux.bias"}
+    assert torch.equal(m.aux.weight, before)
+    assert "aux.weight" in str(rep)
+
+
+def test_any_number_of_classes_and_wide_layers_without_tiling():
+    ghn = make_ghn()
+    n0 = ghn.num_params()
+    for classes in (3, 10, 1000):
+        p = ghn.predict_params(TinyCNN(num_classes=classes), torch.randn(2, 1, 12, 12))
+        assert p["fc.weight"].shape == (classes, 8)
+    wide = nn.Sequential(nn.Linear(16, 8192), nn.ReLU(), nn.Linear(8192, 10))
+    w = ghn.predict_params(wide, torch.randn(2, 16))["0.weight"].detach()
+    assert w.shape == (8192, 16)
+    # no repeated blocks: rows that a tiling decoder would copy (period 64..4096) differ
+    for period in (64, 128, 1024, 4096):
+        assert not torch.allclose(w[:period], w[period:2 * period])
+    emb = ghn.predict_params(nn.Embedding(50257, 8), torch.randint(0, 50257, (2, 3)))["weight"]
+    assert emb.shape == (50257, 8)
+    assert not torch.allclose(emb[:25000], emb[25000:50000])
+    assert ghn.num_params() == n0  # nothing grew with the width
+
+
+def test_decoder_rejects_shapes_it_cannot_emit():
+    dec = LowRankDecoder(hidden=8, rank=2, code_dim=8)
+    bad = ParamRef("x.weight", (4, 4, 2, 2, 2, 2), "matrix", 64)
+    with pytest.raises(DecoderShapeError, match="kernel dims"):
+        dec(torch.zeros(1, 8), [bad])
+
+
+def test_checkpoint_round_trip_exact(tmp_path):
+    ghn = make_ghn(seed=5)
+    path = tmp_path / "g.safetensors"
+    ghn.save(path, extra={"num_classes": 4})
+    loaded = GraphHyperNetwork.load(path)
+    assert loaded.config == ghn.config and loaded.extra == {"num_classes": 4}
+    for (k, a), (k2, b) in zip(ghn.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    model, x = models()[1]
+    a, b = ghn.eval().predict_params(model, x), loaded.eval().predict_params(model, x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        GraphHyperNetwork.load(tmp_path / "missing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00garbage-not-a-checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        GraphHyperNetwork.load(corrupt)
+    good = tmp_path / "good.safetensors"
+    make_ghn().save(good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        GraphHyperNetwork.load(truncated)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(CheckpointError, match="not a ghn checkpoint"):
+        GraphHyperNetwork.load(other)
+    # config says hidden=32 but tensors are from a hidden=16 model
+    from safetensors import safe_open
+
+    small = tmp_path / "small.safetensors"
+    make_ghn(hidden=16).save(small)
+    with safe_open(str(small), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "hidden": 32})
+    save_file(state, str(tmp_path / "mismatch.safetensors"), meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        GraphHyperNetwork.load(tmp_path / "mismatch.safetensors")
+
+
+def test_initialize_with_explicit_checkpoint_path(tmp_path):
+    path = tmp_path / "g.safetensors"
+    make_ghn().save(path)
+    model = TinyCNN()
+    before = model.stem.weight.detach().clone()
+    rep = initialize(model, torch.randn(2, 1, 12, 12), ghn=path)
+    assert len(rep.predicted) == len(list(model.parameters()))
+    assert not torch.equal(model.stem.weight, before)

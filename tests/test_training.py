@@ -1,0 +1,116 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from ghn.hypernet import GraphHyperNetwork
+from ghn.training import TrainConfig, pack_meta_batch, train
+from tiny import ProtoData, ToyArchs
+
+SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
+
+
+def cfg(tmp_path, name, **kw):
+    base = dict(out_dir=str(tmp_path / name), steps=30, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5,
+                log_every=1, ckpt_every=1000, progress=False, ghn=SMALL, cpu=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out_dir):
+    return [json.loads(line)["loss"] for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+def state(path):
+    return GraphHyperNetwork.load(path).state_dict()
+
+
+def test_loss_goes_down_single_process(tmp_path):
+    c = cfg(tmp_path, "a", steps=60)
+    train(c, data=ProtoData(), archs=ToyArchs())
+    ls = losses(c.out_dir)
+    assert len(ls) == 60
+    assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
+
+
+def test_resume_reproduces_next_steps_exactly(tmp_path):
+    straight = cfg(tmp_path, "straight", steps=12)
+    train(straight, data=ProtoData(), archs=ToyArchs())
+    first = cfg(tmp_path, "first", steps=12, ckpt_every=6)
+    train(first, data=ProtoData(), archs=ToyArchs())
+    resumed = cfg(tmp_path, "resumed", steps=12, resume=os.path.join(first.out_dir, "ckpt-0000006"))
+    train(resumed, data=ProtoData(), archs=ToyArchs())
+    assert losses(resumed.out_dir) == losses(straight.out_dir)[6:]
+    a, b = state(os.path.join(straight.out_dir, "ghn.safetensors")), state(
+        os.path.join(resumed.out_dir, "ghn.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_wrong_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainer_state.json"):
+        train(cfg(tmp_path, "x", resume=str(tmp_path)), data=ProtoData(), archs=ToyArchs())
+
+
+def test_finetune_from_checkpoint_with_other_number_of_classes(tmp_path):
+    base = cfg(tmp_path, "base", steps=5)
+    train(base, data=ProtoData(num_classes=4), archs=ToyArchs())
+    ft = cfg(tmp_path, "ft", steps=25, init_from=os.path.join(base.out_dir, "ghn.safetensors"), ghn={})
+    train(ft, data=ProtoData(num_classes=7, seed=1), archs=ToyArchs())
+    ls = losses(ft.out_dir)
+    assert ls[0] > 0 and all(math.isfinite(v) for v in ls)
+    assert sum(ls[-5:]) / 5 < sum(ls[:5]) / 5
+    assert GraphHyperNetwork.load(os.path.join(ft.out_dir, "ghn.safetensors")).config.hidden == SMALL["hidden"]
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path):
+    data = ProtoData()
+    data.images[:] = float("nan")
+    c = cfg(tmp_path, "nan", steps=4)
+    rec = train(c, data=data, archs=ToyArchs())
+    assert rec["skipped_nan"] == 4
+    sd = state(os.path.join(c.out_dir, "ghn.safetensors"))
+    assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_meta_batch_budget_packs_but_never_drops():
+    assert pack_meta_batch([10, 10, 10], 25) == 2
+    assert pack_meta_batch([100, 1], 25) == 1  # an architecture over budget still trains, alone
+    assert pack_meta_batch([1, 1], 25) == 2
+
+
+def _ddp_worker(out_dir):
+    from accelerate import PartialState
+
+    c = TrainConfig(out_dir=out_dir, steps=50, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5, log_every=1,
+                    ckpt_every=1000, progress=False, ghn=SMALL, cpu=True)
+    train(c, data=ProtoData(), archs=ToyArchs())
+    st = PartialState()
+    with open(os.path.join(out_dir, f"world-{st.process_index}.txt"), "w") as f:
+        f.write(str(st.num_processes))
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    # a fresh interpreter: forking gloo workers from a pytest process whose torch threads already ran can hang
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from accelerate import debug_launcher\n"
+            "from test_training import _ddp_worker\n"
+            "if __name__ == '__main__':\n"
+            "    debug_launcher(_ddp_worker, args=(%r,), num_processes=2)\n") % (here, out)
+    script = tmp_path / "launch.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)).count("world-0.txt") == 1
+    assert open(os.path.join(out, "world-1.txt")).read() == "2"
+    ls = losses(out)
+    assert len(ls) == 50
+    assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
+    GraphHyperNetwork.load(os.path.join(out, "ghn.safetensors"))
