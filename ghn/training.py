@@ -51,6 +51,7 @@ class TrainConfig:
     resume: Optional[str] = None      # a checkpoint directory written by this trainer
     init_from: Optional[str] = None   # a hypernetwork .safetensors to fine-tune
     cpu: bool = False
+    max_minutes: float = 0.0          # > 0: stop (and checkpoint) after this wall-clock budget
     progress: bool = True
     ghn: Dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides for a fresh hypernetwork
 
@@ -161,6 +162,7 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     images, labels = data.images, data.labels
     image_size = int(images.shape[-1])
     pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size)
+    acc.ghn_task = {"num_classes": data.num_classes, "in_channels": int(images.shape[1]), "image_size": image_size}
     out_dir = Path(cfg.out_dir)
 
     torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
@@ -200,7 +202,13 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     record: Dict[str, Any] = {}
     t_last, archs_last, imgs_last = time.perf_counter(), state["archs_seen"], state["image_passes"]
     ghn.train()
+    t_start = time.perf_counter()
     while state["step"] < cfg.steps:
+        if cfg.max_minutes > 0:
+            over = torch.tensor([float(time.perf_counter() - t_start > 60 * cfg.max_minutes)], device=acc.device)
+            if acc.gather(over).sum() > 0:  # all ranks stop at the same step
+                save_checkpoint(acc, inner, state, out_dir, cfg)
+                break
         step = state["step"]
         g_arch = step_rng(cfg.seed, step, rank, "archs")
         idx = torch.randint(len(pool), (cfg.meta_batch,), generator=g_arch).tolist()
@@ -263,7 +271,7 @@ def save_checkpoint(acc, ghn: GraphHyperNetwork, state: Dict[str, Any], out_dir:
     acc.save_state(str(ckpt))
     if acc.is_main_process:
         (ckpt / "trainer_state.json").write_text(json.dumps(state))
-        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs}
+        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs, **getattr(acc, "ghn_task", {})}
         ghn.save(out_dir / "ghn.safetensors", extra=extra)
         ghn.save(ckpt / "ghn.safetensors", extra=extra)
     acc.wait_for_everyone()
