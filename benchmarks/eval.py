@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Honest evaluation of predicted parameters on held-out architectures.
+
+For each architecture of a split: top-1 on the real test set of
+  (a) predicted parameters, no training;  (b) default PyTorch init, no training;
+  (c) predicted init + E epochs of SGD;    (d) default init + E epochs of SGD (same data order, same recipe).
+BatchNorm statistics are re-estimated on 20 training batches (no gradient step) for (a) and (b).
+Writes benchmarks/results/eval_<dataset>_<split>.json with per-architecture numbers and a summary.
+
+    python benchmarks/eval.py --ckpt ghn/pretrained/ghn-fmnist.safetensors --split test --n 50 --epochs 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=None, help="hypernetwork checkpoint; default: the shipped one")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="test", help="architecture split (data/<split>.jsonl.gz)")
+    p.add_argument("--n", type=int, default=20, help="first N architectures of the split")
+    p.add_argument("--epochs", type=float, nargs="*", default=[1.0], help="fine-tuning budgets (epochs)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--test-n", type=int, default=10000, help="test images used (first N)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+
+    from ghn.data import ArchDataset
+    from ghn.datasets import get_dataset
+    from ghn.evaluation import evaluate_init, finetune
+    from ghn.hypernet import load_pretrained
+
+    ghn = load_pretrained(a.ckpt)
+    train = get_dataset(a.dataset, a.data_root, train=True)
+    test = get_dataset(a.dataset, a.data_root, train=False)
+    test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
+    archs = ArchDataset(a.split)
+    c, s = train.in_channels, train.image_size
+    rows = []
+    t0 = time.perf_counter()
+    for i in range(min(a.n, len(archs))):
+        row = {"index": i, "spec": archs[i]}
+
+        def fresh():
+            torch.manual_seed(a.seed + i)  # the default init of this architecture, identical for every variant
+            return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
+
+        t = time.perf_counter()
+        pred = fresh()
+        rep = ghn.initialize(pred, torch.zeros(2, c, s, s))
+        row["predict_s"] = time.perf_counter() - t
+        row["params"] = sum(q.numel() for q in pred.parameters())
+        row["untouched"] = list(rep.untouched)
+        state_pred = {k: v.clone() for k, v in pred.state_dict().items()}
+        row["acc_pred"] = evaluate_init(pred, train, test, seed=a.seed)
+        row["acc_default"] = evaluate_init(fresh(), train, test, seed=a.seed)
+        for e in a.epochs:
+            m = fresh()
+            m.load_state_dict(state_pred)
+            finetune(m, train, epochs=e, lr=a.lr, seed=a.seed)
+            row[f"ft{e:g}_pred"] = evaluate_init(m, train, test, calib_batches=0)
+            m = fresh()
+            finetune(m, train, epochs=e, lr=a.lr, seed=a.seed)
+            row[f"ft{e:g}_default"] = evaluate_init(m, train, test, calib_batches=0)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}),
+              flush=True)
+
+    def mean(k):
+        return statistics.mean(r[k] for r in rows)
+
+    summary = {"n_archs": len(rows), "acc_pred_mean": mean("acc_pred"), "acc_default_mean": mean("acc_default"),
+               "acc_pred_median": statistics.median(r["acc_pred"] for r in rows),
+               "acc_pred_max": max(r["acc_pred"] for r in rows)}
+    for e in a.epochs:
+        summary[f"ft{e:g}_pred_mean"] = mean(f"ft{e:g}_pred")
+        summary[f"ft{e:g}_default_mean"] = mean(f"ft{e:g}_default")
+        summary[f"ft{e:g}_pred_wins"] = sum(r[f"ft{e:g}_pred"] > r[f"ft{e:g}_default"] for r in rows) / len(rows)
+    doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
+                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+           "torch": torch.__version__, "args": vars(a), "ckpt_extra": getattr(ghn, "extra", {}),
+           "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
+    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{a.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
