@@ -77,5 +77,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> int:
+    from ghn.hypernet import CheckpointError
+
+    try:
+        return main()
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:  # bad input: one clear line
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

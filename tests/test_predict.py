@@ -1,0 +1,89 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ghn.hypernet import GraphHyperNetwork
+from ghn.zoo import ZooEntry, get_model, initialize_zoo, read_zoo
+from tiny import TinyCNN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "ghn.safetensors"
+    GraphHyperNetwork(hidden=32, layers=2, rank=8, code_dim=32).save(
+        path, extra={"dataset": "synthetic", "num_classes": 4, "in_channels": 1, "image_size": 12})
+    return path
+
+
+def run(*args):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_predict_cli_writes_loadable_weights(ckpt, tmp_path):
+    out = tmp_path / "w.safetensors"
+    r = run("--model", "tiny:TinyCNN", "--ckpt", str(ckpt), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "predicted" in r.stdout and "4 classes" in r.stdout  # task defaults come from the checkpoint
+    weights = load_file(str(out))
+    model = TinyCNN(num_classes=4, in_channels=1)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert unexpected == [] and all("running" in k or "num_batches" in k for k in missing)
+    ref = GraphHyperNetwork.load(ckpt).eval().predict_params(model, torch.zeros(2, 1, 12, 12))
+    torch.testing.assert_close(weights["fc.weight"], ref["fc.weight"].detach())
+
+
+def test_predict_cli_builtin_name_and_errors(ckpt, tmp_path):
+    r = run("--model", "resnet18", "--ckpt", str(ckpt), "--num-classes", "3", "--image-size", "16")
+    assert r.returncode == 0, r.stderr
+    assert "resnet18: predicted 62 parameter tensors" in r.stdout
+    r = run("--model", "no_such_net", "--ckpt", str(ckpt))
+    assert r.returncode != 0 and "unknown model 'no_such_net'" in r.stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    r = run("--model", "resnet18", "--ckpt", str(bad))
+    assert r.returncode != 0 and "CheckpointError" in r.stderr
+
+
+def test_zoo_cli_batches_many_models(ckpt, tmp_path):
+    zoo = tmp_path / "zoo.txt"
+    zoo.write_text("tiny:TinyCNN\ndensenet_tiny  # a comment\nnot_a_model\n")
+    out = tmp_path / "out"
+    r = run("--zoo", str(zoo), "--ckpt", str(ckpt), "--out-dir", str(out), "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == {"tiny_TinyCNN", "densenet_tiny"}
+    assert "not_a_model" in summary["failed"] and "unknown model" in summary["failed"]["not_a_model"]
+    assert (out / "densenet_tiny.safetensors").is_file()
+
+
+def test_zoo_batched_equals_single(ckpt):
+    ghn = GraphHyperNetwork.load(ckpt)
+    entries = [ZooEntry(f"m{i}", spec) for i, spec in enumerate(read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3])]
+    entries = [ZooEntry(e.name, e.source) for e in entries]
+    _, batched = initialize_zoo(entries, ghn, batch_size=3, num_classes=4, in_channels=1, image_size=12,
+                                progress=False, keep_models=True)
+    _, single = initialize_zoo(entries, ghn, batch_size=1, num_classes=4, in_channels=1, image_size=12,
+                               progress=False, keep_models=True)
+    for name in batched:
+        a, b = batched[name].state_dict(), single[name].state_dict()
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_get_model_spec_json_and_missing_file(tmp_path):
+    spec = read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[0].source
+    p = tmp_path / "arch.json"
+    p.write_text(json.dumps(spec))
+    m = get_model(str(p), num_classes=5, in_channels=1, image_size=12)
+    assert m(torch.randn(2, 1, 12, 12)).shape == (2, 5)
+    with pytest.raises(FileNotFoundError):
+        get_model(str(tmp_path / "nope.json"))
