@@ -5,7 +5,10 @@ of a plain ``model(x)`` forward under ``torch.no_grad()`` (what the trace cannot
 once), the graph size, and the median time of ``to_pyg(max_virtual_dist=5)``. ``meta`` rows build the model
 under ``torch.device("meta")``: no memory and (almost) no compute, so they show the tracing cost itself.
 
-    python benchmarks/graph_build.py [--repeat 5] [--quick] [--profile]
+    python benchmarks/graph_build.py [--repeat 5] [--quick] [--profile] [--threads N]
+
+The machine's load average is recorded: on a shared 2-core machine, other processes make torch's intra-op
+threads wait on each other and CPU timings can grow 10x; ``--threads 1`` is more robust there.
 
 Writes benchmarks/results/graph_build.json. Target: ResNet-50 graph < 50 ms on CPU.
 """
@@ -84,9 +87,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="skip the CPU ViT-B row (about 2 s per forward)")
     ap.add_argument("--profile", action="store_true", help="cProfile the ResNet-50 rows and print the top entries")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     rows = []
     hdr = f"{'model':34s} {'device':6s} {'input':18s} {'nodes':>6s} {'edges':>6s} {'graph ms':>9s} " \
@@ -129,7 +136,9 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
+                    "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()]},
         "torch": torch.__version__,
         "repeat": args.repeat,
         "target_ms": TARGET_MS,
