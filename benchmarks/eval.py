@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -20,6 +21,55 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+
+_CTX: dict = {}
+
+
+def _setup(a) -> None:
+    """Per-process state (each worker process of --procs loads its own copy)."""
+    from ghn.data import ArchDataset
+    from ghn.datasets import get_dataset
+    from ghn.hypernet import load_pretrained
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, a.procs)))
+    test = get_dataset(a.dataset, a.data_root, train=False)
+    test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
+    _CTX.update(a=a, ghn=load_pretrained(a.ckpt, a.device), train=get_dataset(a.dataset, a.data_root, train=True),
+                test=test, archs=ArchDataset(a.split))
+
+
+def _eval_arch(i: int) -> dict:
+    from ghn.evaluation import evaluate_init, finetune
+
+    a, ghn, train, test, archs = (_CTX[k] for k in ("a", "ghn", "train", "test", "archs"))
+    c, s, dev = train.in_channels, train.image_size, a.device
+    row = {"index": i, "spec": archs[i]}
+
+    def fresh():
+        torch.manual_seed(a.seed + i)  # the default init of this architecture, identical for every variant
+        return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
+
+    t = time.perf_counter()
+    pred = fresh().to(dev)
+    rep = ghn.initialize(pred, torch.zeros(2, c, s, s, device=dev))
+    row["predict_s"] = time.perf_counter() - t
+    row["params"] = sum(q.numel() for q in pred.parameters())
+    row["untouched"] = list(rep.untouched)
+    state_pred = {k: v.clone() for k, v in pred.state_dict().items()}
+    row["acc_pred"] = evaluate_init(pred, train, test, seed=a.seed, device=dev)
+    row["acc_default"] = evaluate_init(fresh(), train, test, seed=a.seed, device=dev)
+    for e in a.epochs:
+        m = fresh().to(dev)
+        m.load_state_dict(state_pred)
+        finetune(m, train, epochs=e, lr=a.lr, seed=a.seed, device=dev)
+        row[f"ft{e:g}_pred"] = evaluate_init(m, train, test, calib_batches=0, device=dev)
+        m = fresh()
+        finetune(m, train, epochs=e, lr=a.lr, seed=a.seed, device=dev)
+        row[f"ft{e:g}_default"] = evaluate_init(m, train, test, calib_batches=0, device=dev)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}),
+          flush=True)
+    return row
 
 
 def main(argv=None) -> int:
@@ -33,49 +83,26 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--test-n", type=int, default=10000, help="test images used (first N)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--procs", type=int, default=1, help="architectures evaluated in parallel (processes)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
     from ghn.data import ArchDataset
-    from ghn.datasets import get_dataset
-    from ghn.evaluation import evaluate_init, finetune
+
+    n = min(a.n, len(ArchDataset(a.split)))
+    t0 = time.perf_counter()
+    if a.procs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(a.procs, initializer=_setup, initargs=(a,)) as pool:
+            rows = pool.map(_eval_arch, range(n), chunksize=1)
+    else:
+        _setup(a)
+        rows = [_eval_arch(i) for i in range(n)]
     from ghn.hypernet import load_pretrained
 
-    ghn = load_pretrained(a.ckpt)
-    train = get_dataset(a.dataset, a.data_root, train=True)
-    test = get_dataset(a.dataset, a.data_root, train=False)
-    test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
-    archs = ArchDataset(a.split)
-    c, s = train.in_channels, train.image_size
-    rows = []
-    t0 = time.perf_counter()
-    for i in range(min(a.n, len(archs))):
-        row = {"index": i, "spec": archs[i]}
-
-        def fresh():
-            torch.manual_seed(a.seed + i)  # the default init of this architecture, identical for every variant
-            return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
-
-        t = time.perf_counter()
-        pred = fresh()
-        rep = ghn.initialize(pred, torch.zeros(2, c, s, s))
-        row["predict_s"] = time.perf_counter() - t
-        row["params"] = sum(q.numel() for q in pred.parameters())
-        row["untouched"] = list(rep.untouched)
-        state_pred = {k: v.clone() for k, v in pred.state_dict().items()}
-        row["acc_pred"] = evaluate_init(pred, train, test, seed=a.seed)
-        row["acc_default"] = evaluate_init(fresh(), train, test, seed=a.seed)
-        for e in a.epochs:
-            m = fresh()
-            m.load_state_dict(state_pred)
-            finetune(m, train, epochs=e, lr=a.lr, seed=a.seed)
-            row[f"ft{e:g}_pred"] = evaluate_init(m, train, test, calib_batches=0)
-            m = fresh()
-            finetune(m, train, epochs=e, lr=a.lr, seed=a.seed)
-            row[f"ft{e:g}_default"] = evaluate_init(m, train, test, calib_batches=0)
-        rows.append(row)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}),
-              flush=True)
+    ckpt_extra = getattr(load_pretrained(a.ckpt), "extra", {})
 
     def mean(k):
         return statistics.mean(r[k] for r in rows)
@@ -88,9 +115,9 @@ def main(argv=None) -> int:
         summary[f"ft{e:g}_default_mean"] = mean(f"ft{e:g}_default")
         summary[f"ft{e:g}_pred_wins"] = sum(r[f"ft{e:g}_pred"] > r[f"ft{e:g}_default"] for r in rows) / len(rows)
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "procs": a.procs,
                        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-           "torch": torch.__version__, "args": vars(a), "ckpt_extra": getattr(ghn, "extra", {}),
+           "torch": torch.__version__, "args": vars(a), "ckpt_extra": ckpt_extra,
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
     out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{a.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

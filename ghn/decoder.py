@@ -138,7 +138,9 @@ class LowRankDecoder(nn.Module):
         a = torch.einsum("od,gdr->gor", e_out, self.head_a(c).view(g, d, r))
         b = torch.einsum("jd,gdr->gjr", e_in, self.head_b(c).view(g, d, r))
         k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
-        w = torch.einsum("gor,gjr,gpr->gojp", a, b, k)
+        # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
+        ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
+        w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
         rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
         fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
         scale = fan_in.rsqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))

@@ -422,6 +422,7 @@ class ArchGraph:
         self.edges = edges
         self._coverage = coverage
         self.model_name = model_name
+        self._pyg: Dict[int, Any] = {}  # to_pyg results by max_virtual_dist (graphs are immutable once built)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -562,6 +563,8 @@ class ArchGraph:
         ``edge_index`` (LongTensor[2, E], sparse, directed source -> target) and, when ``max_virtual_dist > 1``,
         ``ve_index``/``ve_dist``: undirected pairs at shortest-path distance 2..max_virtual_dist.
         """
+        if max_virtual_dist in self._pyg:
+            return self._pyg[max_virtual_dist]
         from torch_geometric.data import Data
 
         op = torch.tensor([O.op_id(n.op) for n in self.nodes], dtype=torch.long)
@@ -569,6 +572,7 @@ class ArchGraph:
         data = Data(op=op, x=self.node_features(), edge_index=ei, num_nodes=len(self.nodes))
         if max_virtual_dist > 1:
             data.ve_index, data.ve_dist = shortest_path_edges(ei, len(self.nodes), max_virtual_dist)
+        self._pyg[max_virtual_dist] = data
         return data
 
     def to_networkx(self):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,9 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"       # "no" | "bf16" | "fp16"
     max_params_per_step: int = 20_000_000  # memory budget: predicted values per meta-batch (never drops an arch)
+    loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
+    workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
+    max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     ckpt_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -65,20 +69,23 @@ def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
 class ArchPool:
     """Builds (and caches, LRU) the models and graphs of an architecture dataset for one image task."""
 
-    def __init__(self, archs, num_classes: int, in_channels: int, image_size: int, cache_size: int = 512):
+    def __init__(self, archs, num_classes: int, in_channels: int, image_size: int, cache_size: int = 512,
+                 indices: Optional[List[int]] = None):
         self.archs = archs
+        self.indices = list(range(len(archs))) if indices is None else list(indices)
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.cache: "OrderedDict[int, Tuple[nn.Module, ArchGraph]]" = OrderedDict()
         self.cache_size = cache_size
 
     def __len__(self) -> int:
-        return len(self.archs)
+        return len(self.indices)
 
     def get(self, i: int, device: torch.device) -> Tuple[nn.Module, ArchGraph]:
+        """Model and graph of the ``i``-th architecture of the pool (``indices[i]`` of the dataset)."""
         if i in self.cache:
             self.cache.move_to_end(i)
             return self.cache[i]
-        model = self.archs.build(i, num_classes=self.num_classes, in_channels=self.in_channels,
+        model = self.archs.build(self.indices[i], num_classes=self.num_classes, in_channels=self.in_channels,
                                  image_size=self.image_size)
         x = torch.zeros(2, self.in_channels, self.image_size, self.image_size)
         graph = ArchGraph.from_module(model, x)
@@ -87,6 +94,47 @@ class ArchPool:
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return model, graph
+
+
+class StepArchs(torch.utils.data.Dataset):
+    """Step ``s`` -> the architectures of that step for one rank: ``(indices, models, graphs)``, on CPU.
+
+    Which architectures a step uses is a pure function of ``(seed, step, rank)``; a ``DataLoader`` over this
+    dataset with worker processes builds them ahead of the training loop (building dominates a GPU step).
+    """
+
+    def __init__(self, pool: "ArchPool", seed: int, rank: int, meta_batch: int, budget: int,
+                 max_virtual_dist: int = 0):
+        self.pool, self.seed, self.rank, self.meta_batch, self.budget = pool, seed, rank, meta_batch, budget
+        self.max_virtual_dist = max_virtual_dist
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int):
+        g = step_rng(self.seed, step, self.rank, "archs")
+        idx = torch.randint(len(self.pool), (self.meta_batch,), generator=g).tolist()
+        models, graphs = zip(*[self.pool.get(i, torch.device("cpu")) for i in idx])
+        sizes = [sum(math.prod(r.shape) for _, r in gr.param_refs()) for gr in graphs]
+        n = pack_meta_batch(sizes, self.budget)
+        for gr in graphs[:n]:
+            gr.to_pyg(self.max_virtual_dist)  # cached on the graph: the PyG export is built here, off the step
+        return idx[:n], list(models[:n]), list(graphs[:n])
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # many builder processes: one intra-op thread each
+
+
+class _Pickled(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return pickle.dumps(self.ds[i], protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def pack_meta_batch(sizes: List[int], budget: int) -> int:
@@ -99,16 +147,34 @@ def pack_meta_batch(sizes: List[int], budget: int) -> int:
     return n
 
 
+def robust_mean(losses: torch.Tensor, cap: float) -> Tuple[torch.Tensor, int, int]:
+    """Mean of per-architecture losses, robust to the few networks whose predicted weights diverge.
+
+    A loss above ``cap`` is rescaled to ``cap`` (``L * cap / L.detach()``: same direction, bounded gradient), so
+    one exploding architecture cannot dominate the step; non-finite losses are left out of the mean. Returns the
+    mean (NaN when every loss is non-finite), the number of capped and the number of non-finite architectures.
+    """
+    finite = torch.isfinite(losses)
+    n_bad = int((~finite).sum())
+    if n_bad == losses.numel():
+        return losses.sum() * float("nan"), 0, n_bad
+    ls = losses[finite]
+    over = ls.detach() > cap
+    if cap > 0 and bool(over.any()):
+        ls = torch.where(over, ls * (cap / ls.detach().clamp_min(cap)), ls)
+    return ls.mean(), int(over.sum()), n_bad
+
+
 def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGraph], x: torch.Tensor,
                     y: torch.Tensor, batch=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the meta-batch of predicted networks, and their mean accuracy."""
+    """Per-architecture cross-entropy of the predicted networks ``[n]`` and their accuracies ``[n]``."""
     preds = ghn(graphs, batch)
     losses, accs = [], []
     for model, params in zip(models, preds):
         logits = torch.func.functional_call(model, params, (x,), strict=False)
         losses.append(F.cross_entropy(logits.float(), y))
         accs.append((logits.argmax(-1) == y).float().mean())
-    return torch.stack(losses).mean(), torch.stack(accs).mean().detach()
+    return torch.stack(losses), torch.stack(accs).detach()
 
 
 @torch.no_grad()
@@ -161,7 +227,17 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     archs = archs if archs is not None else _load_archs(cfg)
     images, labels = data.images, data.labels
     image_size = int(images.shape[-1])
-    pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size)
+    # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
+    indices = None
+    if cfg.max_arch_params > 0:
+        from ghn.space import count_params
+
+        indices = [i for i in range(len(archs)) if count_params(archs[i], data.num_classes, int(images.shape[1]),
+                                                                image_size) <= cfg.max_arch_params]
+        if not indices:
+            raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
+    pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size,
+                    cache_size=4 if cfg.workers > 0 else 256, indices=indices)
     acc.ghn_task = {"num_classes": data.num_classes, "in_channels": int(images.shape[1]), "image_size": image_size}
     out_dir = Path(cfg.out_dir)
 
@@ -182,7 +258,8 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     ghn, opt, sched = acc.prepare(ghn, opt, sched)
     inner: GraphHyperNetwork = acc.unwrap_model(ghn)
 
-    state = {"step": 0, "skipped_nan": 0, "archs_seen": 0, "image_passes": 0}
+    state = {"step": 0, "skipped_nan": 0, "capped_archs": 0, "nonfinite_archs": 0, "archs_seen": 0,
+             "image_passes": 0}
     if cfg.resume:
         rdir = Path(cfg.resume)
         if not (rdir / "trainer_state.json").is_file():
@@ -199,6 +276,17 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", dynamic_ncols=True)
+    stream = StepArchs(pool, cfg.seed, rank, cfg.meta_batch, cfg.max_params_per_step,
+                       inner.config.max_virtual_dist)
+    if cfg.workers > 0:
+        # workers hand back pickled bytes: sharing each of the models' tensors through shared memory would cost
+        # one file descriptor per tensor and exhaust the process limit
+        loader = torch.utils.data.DataLoader(_Pickled(stream), batch_size=None, num_workers=cfg.workers,
+                                             sampler=range(state["step"], cfg.steps), prefetch_factor=4,
+                                             worker_init_fn=_one_thread)
+        arch_iter = (pickle.loads(b) for b in loader)
+    else:
+        arch_iter = (stream[s] for s in range(state["step"], cfg.steps))
     record: Dict[str, Any] = {}
     t_last, archs_last, imgs_last = time.perf_counter(), state["archs_seen"], state["image_passes"]
     ghn.train()
@@ -210,36 +298,42 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
                 save_checkpoint(acc, inner, state, out_dir, cfg)
                 break
         step = state["step"]
-        g_arch = step_rng(cfg.seed, step, rank, "archs")
-        idx = torch.randint(len(pool), (cfg.meta_batch,), generator=g_arch).tolist()
-        models, graphs = zip(*[pool.get(i, acc.device) for i in idx])
-        sizes = [sum(math.prod(r.shape) for _, r in g.param_refs()) for g in graphs]
-        n = pack_meta_batch(sizes, cfg.max_params_per_step)
-        models, graphs = list(models[:n]), list(graphs[:n])
+        _, models, graphs = next(arch_iter)
+        models = [m.to(acc.device) for m in models]
+        n = len(models)
         g_img = step_rng(cfg.seed, step, rank, "images")
         bi = torch.randint(len(labels), (cfg.batch_size,), generator=g_img)
         x, y = images[bi].to(acc.device), labels[bi].to(acc.device)
 
         with acc.accumulate(ghn):
             with acc.autocast():
-                loss, acc1 = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs))
+                per_arch, accs = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs))
+            loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
+            state["capped_archs"] += n_capped
+            state["nonfinite_archs"] += n_bad
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device)
             if acc.gather(bad).sum() > 0:  # every rank skips together, so DDP never waits on a missing backward
                 state["skipped_nan"] += 1
                 opt.zero_grad(set_to_none=True)
             else:
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(ghn.parameters(), cfg.grad_clip)
+                if acc.sync_gradients:
+                    # gradients are all-reduced by now, so every rank takes the same decision
+                    gnorm = acc.clip_grad_norm_(ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                    if gnorm is not None and not torch.isfinite(torch.as_tensor(gnorm)):
+                        state["skipped_nan"] += 1
+                        opt.zero_grad(set_to_none=True)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+        acc1 = accs.mean()
         state["step"] += 1
         state["archs_seen"] += n * world
         state["image_passes"] += cfg.batch_size * n * world  # one image through one network = one pass
         losses = acc.gather(torch.stack([loss.detach().float(), acc1]).unsqueeze(0)).mean(0)
         record = {"step": state["step"], "loss": float(losses[0]), "acc": float(losses[1]),
-                  "lr": float(sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": state["skipped_nan"]}
+                  "lr": float(sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": state["skipped_nan"],
+                  "capped_archs": state["capped_archs"], "nonfinite_archs": state["nonfinite_archs"]}
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
             now = time.perf_counter()
             dt = max(now - t_last, 1e-9)

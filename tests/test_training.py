@@ -114,3 +114,34 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(ls) == 50
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
     GraphHyperNetwork.load(os.path.join(out, "ghn.safetensors"))
+
+
+def test_robust_mean_caps_exploding_architectures_and_drops_nonfinite():
+    from ghn.training import robust_mean
+
+    ls = torch.tensor([2.0, 1e6, float("nan"), 3.0], requires_grad=True)
+    m, capped, bad = robust_mean(ls, cap=10.0)
+    assert (capped, bad) == (1, 1)
+    assert m.item() == pytest.approx((2.0 + 10.0 + 3.0) / 3)
+    m.backward()
+    g = ls.grad
+    assert g[0].item() == pytest.approx(1 / 3) and g[3].item() == pytest.approx(1 / 3)
+    assert g[1].item() == pytest.approx(10.0 / 1e6 / 3)  # same direction, gradient bounded by the cap
+    assert g[2].item() == 0.0
+    allbad, _, nbad = robust_mean(torch.tensor([float("inf"), float("nan")]), cap=10.0)
+    assert nbad == 2 and not torch.isfinite(allbad)
+
+
+def test_builder_workers_give_the_same_run_as_in_process(tmp_path):
+    a = cfg(tmp_path, "inproc", steps=6)
+    train(a, data=ProtoData(), archs=ToyArchs())
+    b = cfg(tmp_path, "workers", steps=6, workers=2)
+    train(b, data=ProtoData(), archs=ToyArchs())
+    assert losses(a.out_dir) == losses(b.out_dir)
+
+
+def test_max_arch_params_filters_and_explains_an_empty_pool(tmp_path):
+    from ghn.data import ArchDataset
+
+    with pytest.raises(ValueError, match="no architecture .* <= 10 parameters"):
+        train(cfg(tmp_path, "small", steps=1, max_arch_params=10), data=ProtoData(), archs=ArchDataset("test"))
