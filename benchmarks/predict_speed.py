@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time to predict all parameters of ResNet-50-, ViT-B- (and on GPU GPT-2-large-) size models.
 
-Reports graph-build and prediction seconds (median of --repeat runs after a warm-up), the ratio against default
+On CPU, ``--large`` adds GPT-2-large and the process's peak resident memory. Reports graph-build and prediction seconds (median of --repeat runs after a warm-up), the ratio against default
 PyTorch initialisation of the same model (``reset_parameters`` of every module, same run), peak GPU memory, and the
 hypernetwork's parameter count. Writes benchmarks/results/predict_speed_<device>.json.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from datetime import datetime, timezone
@@ -37,22 +38,21 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--large", action="store_true", help="also GPT-2-large (774M) on CPU (always on GPU)")
     a = p.parse_args(argv)
 
     from ghn.graph import ArchGraph
-    from ghn.hypernet import GraphHyperNetwork, count_values, load_pretrained
+    from ghn.hypernet import count_values, load_pretrained
     from ghn.predefined import build_predefined
 
-    try:
-        ghn = load_pretrained(a.ckpt, a.device)
-    except Exception:
-        ghn = GraphHyperNetwork().to(a.device)  # timings do not depend on the trained values
+    ghn = load_pretrained(a.ckpt, a.device)
     ghn.eval()
+    print(f"hypernetwork: {ghn.num_params():,} parameters, config {ghn.config}")
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     cases = [("resnet50", dict(num_classes=1000, image_size=224), torch.zeros(2, 3, 64, 64)),
              ("vit_base", dict(num_classes=1000, image_size=224), torch.zeros(2, 3, 224, 224))]
-    if cuda:
+    if cuda or a.large:
         cases.append(("gpt2_large", {}, torch.zeros(1, 8, dtype=torch.long)))
     rows = []
     for name, kw, x in cases:
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
             pred_s = timed(lambda: ghn([graph]), a.repeat, sync)
             values = count_values(ghn([graph])[0])
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        # CPU: the process's peak resident memory so far (monotonic, so an upper bound for this model's prediction)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         model = build_predefined(name, **kw).to(a.device)
 
         def default_init():
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
             init_s = timed(default_init, a.repeat, sync)
         row = {"model": name, "params": sum(q.numel() for q in model.parameters()), "predicted_values": values,
                "nodes": len(graph), "graph_build_s": build_s, "predict_s": pred_s, "default_init_s": init_s,
-               "predict_over_default_init": pred_s / init_s, "peak_gpu_gib": peak}
+               "predict_over_default_init": pred_s / init_s, "peak_gpu_gib": peak,
+               "peak_rss_gib": rss}
         rows.append(row)
         print(json.dumps(row))
         del model
