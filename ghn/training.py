@@ -288,6 +288,7 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     else:
         arch_iter = (stream[s] for s in range(state["step"], cfg.steps))
     record: Dict[str, Any] = {}
+    rates = {"archs_s": "-", "img_s": "-"}
     t_last, archs_last, imgs_last = time.perf_counter(), state["archs_seen"], state["image_passes"]
     ghn.train()
     t_start = time.perf_counter()
@@ -345,8 +346,9 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
                     f.write(json.dumps(record) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}",
-                            archs_s=f"{record.get('archs_per_s', 0):.1f}")
+            if "archs_per_s" in record:
+                rates = {"archs_s": f"{record['archs_per_s']:.2f}", "img_s": f"{record['images_per_s']:.0f}"}
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}", **rates)
         if on_step is not None:
             on_step(record)
         if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
