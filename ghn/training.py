@@ -49,6 +49,7 @@ class TrainConfig:
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
+    pool_size: int = 0                # > 0: train only on the first N architectures (after max_arch_params)
     ckpt_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -236,6 +237,8 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
                                                                 image_size) <= cfg.max_arch_params]
         if not indices:
             raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
+    if cfg.pool_size > 0:
+        indices = (indices if indices is not None else list(range(len(archs))))[:cfg.pool_size]
     pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size,
                     cache_size=4 if cfg.workers > 0 else 256, indices=indices)
     acc.ghn_task = {"num_classes": data.num_classes, "in_channels": int(images.shape[1]), "image_size": image_size}

@@ -145,3 +145,15 @@ def test_max_arch_params_filters_and_explains_an_empty_pool(tmp_path):
 
     with pytest.raises(ValueError, match="no architecture .* <= 10 parameters"):
         train(cfg(tmp_path, "small", steps=1, max_arch_params=10), data=ProtoData(), archs=ArchDataset("test"))
+
+
+def test_pool_size_trains_only_on_the_first_architectures(tmp_path):
+    built = []
+
+    class Recording(ToyArchs):
+        def build(self, i, num_classes, in_channels, image_size):
+            built.append(i)
+            return super().build(i, num_classes, in_channels, image_size)
+
+    train(cfg(tmp_path, "pool", steps=8, pool_size=2), data=ProtoData(), archs=Recording())
+    assert built and set(built) <= {0, 1}
