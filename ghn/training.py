@@ -49,7 +49,8 @@ class TrainConfig:
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
-    pool_size: int = 0                # > 0: train only on the first N architectures (after max_arch_params)
+    pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
+    arch_filter: str = ""             # e.g. "norm=bn" or "family=cnn;norm=bn|gn": spec fields that must match
     ckpt_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -59,6 +60,17 @@ class TrainConfig:
     max_minutes: float = 0.0          # > 0: stop (and checkpoint) after this wall-clock budget
     progress: bool = True
     ghn: Dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides for a fresh hypernetwork
+
+
+def parse_arch_filter(text: str) -> Dict[str, set]:
+    """``"family=cnn;norm=bn|gn"`` -> ``{"family": {"cnn"}, "norm": {"bn", "gn"}}`` (spec fields, any-of values)."""
+    out: Dict[str, set] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        if "=" not in part:
+            raise ValueError(f"--arch-filter {text!r}: expected key=value[|value...] separated by ';'")
+        k, v = part.split("=", 1)
+        out[k.strip()] = {x.strip() for x in v.split("|")}
+    return out
 
 
 def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
@@ -230,11 +242,17 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     image_size = int(images.shape[-1])
     # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
     indices = None
+    if cfg.arch_filter:
+        want = parse_arch_filter(cfg.arch_filter)
+        indices = [i for i in range(len(archs)) if all(str(archs[i].get(k)) in v for k, v in want.items())]
+        if not indices:
+            raise ValueError(f"no architecture of {cfg.archs!r} matches --arch-filter {cfg.arch_filter!r}")
     if cfg.max_arch_params > 0:
         from ghn.space import count_params
 
-        indices = [i for i in range(len(archs)) if count_params(archs[i], data.num_classes, int(images.shape[1]),
-                                                                image_size) <= cfg.max_arch_params]
+        indices = [i for i in (indices if indices is not None else range(len(archs)))
+                   if count_params(archs[i], data.num_classes, int(images.shape[1]), image_size)
+                   <= cfg.max_arch_params]
         if not indices:
             raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
     if cfg.pool_size > 0:

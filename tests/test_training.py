@@ -157,3 +157,14 @@ def test_pool_size_trains_only_on_the_first_architectures(tmp_path):
 
     train(cfg(tmp_path, "pool", steps=8, pool_size=2), data=ProtoData(), archs=Recording())
     assert built and set(built) <= {0, 1}
+
+
+def test_arch_filter_parsing_and_empty_match(tmp_path):
+    from ghn.data import ArchDataset
+    from ghn.training import parse_arch_filter
+
+    assert parse_arch_filter("family=cnn; norm=bn|gn") == {"family": {"cnn"}, "norm": {"bn", "gn"}}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_arch_filter("cnn")
+    with pytest.raises(ValueError, match="matches --arch-filter"):
+        train(cfg(tmp_path, "f", steps=1, arch_filter="family=mlp"), data=ProtoData(), archs=ArchDataset("test"))
