@@ -47,6 +47,7 @@ class TrainConfig:
     mixed_precision: str = "no"       # "no" | "bf16" | "fp16"
     max_params_per_step: int = 20_000_000  # memory budget: predicted values per meta-batch (never drops an arch)
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
+    logit_norm: float = 0.0           # > 0: train on per-sample standardised logits times this (scale-free loss)
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
@@ -178,14 +179,26 @@ def robust_mean(losses: torch.Tensor, cap: float) -> Tuple[torch.Tensor, int, in
     return ls.mean(), int(over.sum()), n_bad
 
 
+def standardize_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample zero-mean, unit-std logits times ``temperature`` (the argmax, hence accuracy, is unchanged)."""
+    z = logits - logits.mean(-1, keepdim=True)
+    return z / (z.std(-1, keepdim=True) + 1e-5) * temperature
+
+
 def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGraph], x: torch.Tensor,
-                    y: torch.Tensor, batch=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-architecture cross-entropy of the predicted networks ``[n]`` and their accuracies ``[n]``."""
+                    y: torch.Tensor, batch=None, logit_norm: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-architecture cross-entropy of the predicted networks ``[n]`` and their accuracies ``[n]``.
+
+    With ``logit_norm > 0`` the loss sees standardised logits (:func:`standardize_logits`): shrinking every
+    classifier towards constant outputs no longer lowers it, the shortcut that stalls training at chance level.
+    """
     preds = ghn(graphs, batch)
     losses, accs = [], []
     for model, params in zip(models, preds):
-        logits = torch.func.functional_call(model, params, (x,), strict=False)
-        losses.append(F.cross_entropy(logits.float(), y))
+        logits = torch.func.functional_call(model, params, (x,), strict=False).float()
+        if logit_norm > 0:
+            logits = standardize_logits(logits, logit_norm)
+        losses.append(F.cross_entropy(logits, y))
         accs.append((logits.argmax(-1) == y).float().mean())
     return torch.stack(losses), torch.stack(accs).detach()
 
@@ -329,7 +342,8 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
 
         with acc.accumulate(ghn):
             with acc.autocast():
-                per_arch, accs = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs))
+                per_arch, accs = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs),
+                                                 cfg.logit_norm)
             loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
             state["capped_archs"] += n_capped
             state["nonfinite_archs"] += n_bad

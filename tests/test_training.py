@@ -168,3 +168,13 @@ def test_arch_filter_parsing_and_empty_match(tmp_path):
         parse_arch_filter("cnn")
     with pytest.raises(ValueError, match="matches --arch-filter"):
         train(cfg(tmp_path, "f", steps=1, arch_filter="family=mlp"), data=ProtoData(), archs=ArchDataset("test"))
+
+
+def test_standardized_logits_keep_the_prediction_and_ignore_scale():
+    from ghn.training import standardize_logits
+
+    logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    z = standardize_logits(logits, 4.0)
+    assert torch.equal(z.argmax(-1), logits.argmax(-1))
+    assert torch.allclose(z, standardize_logits(0.1 * logits + 3.0, 4.0), atol=2e-3)  # scale/shift free
+    assert torch.allclose(z.std(-1), torch.full((16,), 4.0), atol=1e-3)
