@@ -57,8 +57,8 @@ def _eval_arch(i: int) -> dict:
     row["params"] = sum(q.numel() for q in pred.parameters())
     row["untouched"] = list(rep.untouched)
     state_pred = {k: v.clone() for k, v in pred.state_dict().items()}
-    row["acc_pred"] = evaluate_init(pred, train, test, seed=a.seed, device=dev)
-    row["acc_default"] = evaluate_init(fresh(), train, test, seed=a.seed, device=dev)
+    row["acc_pred"] = evaluate_init(pred, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
+    row["acc_default"] = evaluate_init(fresh(), train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
     for e in a.epochs:
         m = fresh().to(dev)
         m.load_state_dict(state_pred)
@@ -79,6 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="test", help="architecture split (data/<split>.jsonl.gz)")
     p.add_argument("--n", type=int, default=20, help="first N architectures of the split")
+    p.add_argument("--max-params", type=float, default=0,
+                   help="> 0: only architectures up to this many parameters (a CPU budget; reported)")
+    p.add_argument("--calib-batches", type=int, default=20, help="BatchNorm calibration batches (128 images)")
     p.add_argument("--epochs", type=float, nargs="*", default=[1.0], help="fine-tuning budgets (epochs)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--test-n", type=int, default=10000, help="test images used (first N)")
@@ -90,16 +93,24 @@ def main(argv=None) -> int:
 
     from ghn.data import ArchDataset
 
-    n = min(a.n, len(ArchDataset(a.split)))
+    archs = ArchDataset(a.split)
+    todo = list(range(len(archs)))
+    if a.max_params > 0:
+        from ghn.datasets import get_dataset
+        from ghn.space import count_params
+
+        d = get_dataset(a.dataset, a.data_root, train=False)
+        todo = [i for i in todo if count_params(archs[i], d.num_classes, d.in_channels, d.image_size) <= a.max_params]
+    todo = todo[:a.n]
     t0 = time.perf_counter()
     if a.procs > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(a.procs, initializer=_setup, initargs=(a,)) as pool:
-            rows = pool.map(_eval_arch, range(n), chunksize=1)
+            rows = pool.map(_eval_arch, todo, chunksize=1)
     else:
         _setup(a)
-        rows = [_eval_arch(i) for i in range(n)]
+        rows = [_eval_arch(i) for i in todo]
     from ghn.hypernet import load_pretrained
 
     ckpt_extra = getattr(load_pretrained(a.ckpt), "extra", {})
@@ -110,6 +121,12 @@ def main(argv=None) -> int:
     summary = {"n_archs": len(rows), "acc_pred_mean": mean("acc_pred"), "acc_default_mean": mean("acc_default"),
                "acc_pred_median": statistics.median(r["acc_pred"] for r in rows),
                "acc_pred_max": max(r["acc_pred"] for r in rows)}
+    kinds: dict = {}
+    for r in rows:  # e.g. "cnn/bn", "vit/layer": where predictions work and where they do not
+        kinds.setdefault(f"{r['spec'].get('family')}/{r['spec'].get('norm')}", []).append(r)
+    summary["by_kind"] = {k: {"n": len(v), "acc_pred_mean": statistics.mean(r["acc_pred"] for r in v),
+                              "acc_default_mean": statistics.mean(r["acc_default"] for r in v)}
+                          for k, v in sorted(kinds.items())}
     for e in a.epochs:
         summary[f"ft{e:g}_pred_mean"] = mean(f"ft{e:g}_pred")
         summary[f"ft{e:g}_default_mean"] = mean(f"ft{e:g}_default")

@@ -402,7 +402,8 @@ def save_checkpoint(acc, ghn: GraphHyperNetwork, state: Dict[str, Any], out_dir:
     acc.save_state(str(ckpt))
     if acc.is_main_process:
         (ckpt / "trainer_state.json").write_text(json.dumps(state))
-        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs, **getattr(acc, "ghn_task", {})}
+        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs, **getattr(acc, "ghn_task", {}),
+                 "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}}
         ghn.save(out_dir / "ghn.safetensors", extra=extra)
         ghn.save(ckpt / "ghn.safetensors", extra=extra)
     acc.wait_for_everyone()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU session, part 1 (device machine, repo root; needs data/train.jsonl.gz and .datasets/fashion-mnist carried):
-# training throughput, then the first half of the shipped hypernetwork's training (resumable), then predict speed.
+# training throughput, then the first part of a hypernetwork training (resumable), then predict speed.
+# Written for a GPU session and NOT yet run: no GPU has been lent to this project's tasks so far.
 #   OUT=/some/dir bash benchmarks/gpu/phase1.sh
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -15,7 +16,7 @@ cp benchmarks/results/train_throughput_gpu.json "$OUT/"
 STEPS=$(python -c "import json; d=json.load(open('benchmarks/results/train_throughput_gpu.json')); r=[x for x in d['rows'] if x['workers']==$WORKERS][0]; print(int(r['steps_per_s']*60*$TRAIN_MIN))")
 echo "total steps: $STEPS"
 python train.py --archs data/train.jsonl.gz --steps "$STEPS" --meta-batch "$MB" --batch-size 64 --lr 1e-3 \
-  --warmup-steps 100 --workers "$WORKERS" --hidden "$HIDDEN" --max-minutes "$PART_MIN" --log-every 20 \
+  --warmup-steps 100 --workers "$WORKERS" --hidden "$HIDDEN" --logit-norm 4 --max-minutes "$PART_MIN" --log-every 20 \
   --ckpt-every 100000 --out-dir runs/gpu --no-progress 2>&1 | grep -v -i warn | tail -3
 last=$(ls -d runs/gpu/ckpt-* | tail -1)
 tar cf "$OUT/run.tar" "$last" runs/gpu/log.jsonl runs/gpu/ghn.safetensors
