@@ -74,6 +74,27 @@ def parse_arch_filter(text: str) -> Dict[str, set]:
     return out
 
 
+def select_archs(archs, cfg: "TrainConfig", num_classes: int, in_channels: int, image_size: int
+                 ) -> Optional[List[int]]:
+    """Dataset indices allowed by ``arch_filter``, ``max_arch_params`` and ``pool_size`` (None: all of them)."""
+    if not (cfg.arch_filter or cfg.max_arch_params > 0 or cfg.pool_size > 0):
+        return None
+    indices: List[int] = list(range(len(archs)))
+    if cfg.arch_filter:
+        want = parse_arch_filter(cfg.arch_filter)
+        indices = [i for i in indices if all(str(archs[i].get(k)) in v for k, v in want.items())]
+        if not indices:
+            raise ValueError(f"no architecture of {cfg.archs!r} matches --arch-filter {cfg.arch_filter!r}")
+    if cfg.max_arch_params > 0:
+        from ghn.space import count_params
+
+        indices = [i for i in indices
+                   if count_params(archs[i], num_classes, in_channels, image_size) <= cfg.max_arch_params]
+        if not indices:
+            raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
+    return indices[:cfg.pool_size] if cfg.pool_size > 0 else indices
+
+
 def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
     """A generator seeded from ``(seed, step, rank, what)`` only."""
     h = hashlib.sha256(f"{seed}/{step}/{rank}/{what}".encode()).digest()
@@ -111,7 +132,7 @@ class ArchPool:
 
 
 class StepArchs(torch.utils.data.Dataset):
-    """Step ``s`` -> the architectures of that step for one rank: ``(indices, models, graphs)``, on CPU.
+    """Step ``s`` -> the architectures of that step for one rank: ``(models, graphs)``, on CPU.
 
     Which architectures a step uses is a pure function of ``(seed, step, rank)``; a ``DataLoader`` over this
     dataset with worker processes builds them ahead of the training loop (building dominates a GPU step).
@@ -133,7 +154,7 @@ class StepArchs(torch.utils.data.Dataset):
         n = pack_meta_batch(sizes, self.budget)
         for gr in graphs[:n]:
             gr.to_pyg(self.max_virtual_dist)  # cached on the graph: the PyG export is built here, off the step
-        return idx[:n], list(models[:n]), list(graphs[:n])
+        return list(models[:n]), list(graphs[:n])
 
 
 def _one_thread(_: int) -> None:
@@ -253,23 +274,8 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     archs = archs if archs is not None else _load_archs(cfg)
     images, labels = data.images, data.labels
     image_size = int(images.shape[-1])
+    indices = select_archs(archs, cfg, data.num_classes, int(images.shape[1]), image_size)
     # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
-    indices = None
-    if cfg.arch_filter:
-        want = parse_arch_filter(cfg.arch_filter)
-        indices = [i for i in range(len(archs)) if all(str(archs[i].get(k)) in v for k, v in want.items())]
-        if not indices:
-            raise ValueError(f"no architecture of {cfg.archs!r} matches --arch-filter {cfg.arch_filter!r}")
-    if cfg.max_arch_params > 0:
-        from ghn.space import count_params
-
-        indices = [i for i in (indices if indices is not None else range(len(archs)))
-                   if count_params(archs[i], data.num_classes, int(images.shape[1]), image_size)
-                   <= cfg.max_arch_params]
-        if not indices:
-            raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
-    if cfg.pool_size > 0:
-        indices = (indices if indices is not None else list(range(len(archs))))[:cfg.pool_size]
     pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size,
                     cache_size=4 if cfg.workers > 0 else 256, indices=indices)
     acc.ghn_task = {"num_classes": data.num_classes, "in_channels": int(images.shape[1]), "image_size": image_size}
@@ -333,7 +339,7 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
                 save_checkpoint(acc, inner, state, out_dir, cfg)
                 break
         step = state["step"]
-        _, models, graphs = next(arch_iter)
+        models, graphs = next(arch_iter)
         models = [m.to(acc.device) for m in models]
         n = len(models)
         g_img = step_rng(cfg.seed, step, rank, "images")
