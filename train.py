@@ -29,13 +29,20 @@ def parse_args(argv=None) -> TrainConfig:
         else:
             typ = type(default) if default is not None else str
             p.add_argument(flag, type=typ, default=default)
-    p.add_argument("--hidden", type=int, help="hypernetwork width (fresh runs only)")
-    p.add_argument("--layers", type=int, help="message-passing layers (fresh runs only)")
-    p.add_argument("--rank", type=int, help="decoder rank (fresh runs only)")
-    p.add_argument("--conv", choices=["gated", "transformer"], help="encoder layer type (fresh runs only)")
+    from ghn.hypernet import GHNConfig
+
+    ghn_fields = [f.name for f in dataclasses.fields(GHNConfig)]
+    for f in dataclasses.fields(GHNConfig):  # hypernetwork config overrides (fresh runs only)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"hypernetwork: {f.name} (default {f.default}; fresh runs only)")
+        else:
+            p.add_argument(flag, type=type(f.default), default=None,
+                           help=f"hypernetwork: {f.name} (default {f.default}; fresh runs only)")
     a = vars(p.parse_args(argv))
-    ghn_over = {k: a.pop(k) for k in ("hidden", "layers", "rank", "conv") if a.get(k) is not None}
-    for k in ("hidden", "layers", "rank", "conv"):
+    ghn_over = {k: a.pop(k) for k in ghn_fields if a.get(k) is not None}
+    for k in ghn_fields:
         a.pop(k, None)
     return TrainConfig(**a, ghn=ghn_over)
 

@@ -9,6 +9,15 @@ or a 50k-row embedding table are native), ``P(p)`` a code of the kernel offset, 
 produced from the node's context vector by small linear heads. The hypernetwork's size therefore does not depend
 on the widest layer. Vectors (biases, norm gains/shifts, class tokens) are ``v[i] = E(i) . m_kind``.
 
+Against rank collapse (docs/DESIGN.md, "decoder"), by construction rather than by training luck:
+
+- every weight is a mix ``cos(t) * Z + sin(t) * P`` of a deterministic full-rank Gaussian base ``Z`` (seeded by the
+  parameter's name and shape, so two layers never share it and the same model always gets the same weights) and
+  the predicted low-rank part ``P``, each at unit RMS; ``t`` is predicted per tensor but bounded by
+  ``max_pred_share`` (the largest energy fraction ``sin(t)^2`` the predicted part may take);
+- optionally (``orth``), ``P`` has a flat spectrum: its factors are orthonormalised (QR) and the small core is pushed to an orthogonal
+  matrix by Newton-Schulz iterations, so the predicted part is a rank-``r`` semi-orthogonal map, never rank 1.
+
 Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(1 / fan_in)`` (LeCun variance; for embedding
 tables fan_in is the embedding width) times a learned, op- and layer-dependent factor in ``[e^-2, e^2]`` (so a
 ReLU conv can move to Kaiming's sqrt(2 / fan_in) and a residual branch can shrink), so predictions start with a
@@ -17,6 +26,7 @@ sensible variance and training only learns deviations. Gains start at 1, biases 
 from __future__ import annotations
 
 import math
+import hashlib
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -66,9 +76,13 @@ class LowRankDecoder(nn.Module):
     """Decodes context vectors into weights of arbitrary shape (see module docstring)."""
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
-                 code_seed: int = 0):
+                 code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9):
         super().__init__()
+        if not 0.0 < max_pred_share <= 1.0:
+            raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
+        self.base, self.orth = base, orth
+        self.max_angle = math.asin(math.sqrt(max_pred_share))
         ctx = 2 * hidden
         self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
                                      nn.Linear(ctx, ctx), nn.GELU())
@@ -77,7 +91,11 @@ class LowRankDecoder(nn.Module):
         self.head_k = nn.Linear(ctx, kernel_code_dim * rank)
         self.head_scale = nn.Linear(ctx, 1)
         self.head_vec = nn.Linear(ctx, code_dim * len(VECTOR_KINDS))
-        for head in (self.head_scale, self.head_vec):
+        heads = [self.head_scale, self.head_vec]
+        if base:
+            self.head_gate = nn.Linear(ctx, 1)  # mixing angle of the predicted part (sigmoid of it, times max_angle)
+            heads.append(self.head_gate)
+        for head in heads:
             nn.init.normal_(head.weight, std=1e-3)
             nn.init.zeros_(head.bias)
         # Fixed random-Fourier codes (buffers: saved with the checkpoint, identical on every device).
@@ -138,13 +156,23 @@ class LowRankDecoder(nn.Module):
         a = torch.einsum("od,gdr->gor", e_out, self.head_a(c).view(g, d, r))
         b = torch.einsum("jd,gdr->gjr", e_in, self.head_b(c).view(g, d, r))
         k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
-        # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
-        ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
-        w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
-        rms = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
         fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
         scale = fan_in.rsqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
-        w = w / rms * scale.view(g, 1, 1, 1)
+        if not (self.base or self.orth):  # the original pure low-rank decoder (checkpoints made before the base)
+            # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
+            ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
+            w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
+            w = w / _rms(w)
+        else:
+            # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
+            cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
+            w = flat_low_rank(a, cols) if self.orth else torch.bmm(a, cols.transpose(1, 2))
+            w = w / _rms(w)
+            if self.base:
+                t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, 1, 1)
+                w = torch.cos(t) * base_weights(refs, w.shape[1:], w.device, w.dtype) + torch.sin(t) * w
+                w = w / _rms(w)
+        w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
 
     def _vectors(self, c: Tensor, n: int, kind: str) -> Tensor:
@@ -153,3 +181,52 @@ class LowRankDecoder(nn.Module):
         v = m @ self.index_code(n).t()  # [g, n]
         return 1.0 + v if kind == "gain" else v
 
+
+
+def _rms(w: Tensor) -> Tensor:
+    """Per-tensor RMS over all but the first (group) dimension, kept broadcastable."""
+    return w.pow(2).mean(dim=tuple(range(1, w.dim())), keepdim=True).add(1e-12).sqrt()
+
+
+def _newton_schulz(m: Tensor, steps: int = 6) -> Tensor:
+    """Push every non-negligible singular value of ``m`` [g, p, q] to about 1 (quintic Newton-Schulz iteration).
+
+    Differentiable and free of SVD (whose gradient is unstable for repeated singular values); the result has
+    singular values in roughly [0.7, 1.2], i.e. a nearly flat spectrum with the singular vectors of ``m``.
+    """
+    wide = m.shape[-2] > m.shape[-1]
+    x = m.transpose(-1, -2) if wide else m
+    x = x / (x.flatten(1).norm(dim=1).view(-1, 1, 1) + 1e-7)
+    for _ in range(steps):
+        xx = x @ x.transpose(-1, -2)
+        x = 3.4445 * x + (-4.7750 * xx + 2.0315 * xx @ xx) @ x
+    return x.transpose(-1, -2) if wide else x
+
+
+def flat_low_rank(rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ cols^T`` [g, n, m] with its spectrum flattened: an (almost) semi-orthogonal rank-r map.
+
+    Both factors are orthonormalised by a reduced QR (cheap: n x r and m x r), so only the r x r core
+    ``R_rows R_cols^T`` needs its singular values equalised.
+    """
+    dt = rows.dtype  # float64 factorisations: cheap at this size, and batch-independent to float32 precision
+    q1, r1 = torch.linalg.qr(rows.double())
+    q2, r2 = torch.linalg.qr(cols.double())
+    core = _newton_schulz(r1 @ r2.transpose(1, 2))
+    return (q1 @ core @ q2.transpose(1, 2)).to(dt)
+
+
+def _base_seed(ref: ParamRef) -> int:
+    h = hashlib.sha256(f"{ref.name}|{tuple(ref.shape)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype) -> Tensor:
+    """Deterministic Gaussian bases [len(refs), *shape], one per parameter, each at unit RMS.
+
+    Seeded by name and shape only: the same model always gets the same base, different layers different ones.
+    Drawn on the CPU so every device and process gets identical values.
+    """
+    zs = [torch.randn(*shape, generator=torch.Generator().manual_seed(_base_seed(r))) for r in refs]
+    z = torch.stack(zs).to(device=device, dtype=dtype)
+    return z / _rms(z)

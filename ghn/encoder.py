@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ghn.graph import NUM_NODE_FEATURES
+from ghn.graph import NUM_BASE_FEATURES, NUM_NODE_FEATURES
 from ghn.ops import OP_TYPES
 
 try:  # torch_geometric is a core dependency; the import is kept local to this module
@@ -61,14 +61,17 @@ class GraphTransformerLayer(nn.Module):
 class GraphEncoder(nn.Module):
     """Embeds every node of a (batched) architecture graph into ``hidden`` dimensions."""
 
-    def __init__(self, hidden: int = 64, layers: int = 4, max_virtual_dist: int = 5, conv: str = "gated"):
+    def __init__(self, hidden: int = 64, layers: int = 4, max_virtual_dist: int = 5, conv: str = "gated",
+                 pos_features: bool = True):
         super().__init__()
         if conv not in ("gated", "transformer"):
             raise ValueError(f"conv must be 'gated' or 'transformer', got {conv!r}")
         self.max_virtual_dist = max_virtual_dist
         n_types = 2 + max(0, max_virtual_dist - 1)
         self.op_embed = nn.Embedding(len(OP_TYPES), hidden)
-        self.feat = mlp(NUM_NODE_FEATURES, hidden, hidden)
+        # without position codes only the first NUM_BASE_FEATURES columns are read (checkpoints made before them)
+        self.num_features = NUM_NODE_FEATURES if pos_features else NUM_BASE_FEATURES
+        self.feat = mlp(self.num_features, hidden, hidden)
         layer = GatedMessagePassing if conv == "gated" else GraphTransformerLayer
         self.layers = nn.ModuleList([layer(hidden, n_types) for _ in range(layers)])
         self.out_norm = nn.LayerNorm(hidden)
@@ -88,7 +91,7 @@ class GraphEncoder(nn.Module):
 
     def forward(self, data) -> Tensor:
         """Node embeddings ``[num_nodes, hidden]`` for a PyG ``Data`` or ``Batch`` made by ``ArchGraph.to_pyg``."""
-        h = self.op_embed(data.op) + self.feat(data.x)
+        h = self.op_embed(data.op) + self.feat(data.x[:, :self.num_features])
         edge_index, edge_type = self.edges(data)
         for layer in self.layers:
             h = layer(h, edge_index, edge_type)

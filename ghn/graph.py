@@ -25,7 +25,9 @@ from torch.overrides import TorchFunctionMode
 
 from ghn import ops as O
 
-NUM_NODE_FEATURES = 10
+NUM_BASE_FEATURES = 10  # shape features + relative depth (format of checkpoints trained before position codes)
+POS_FREQS = (1.0, 1 / 3, 1 / 9, 1 / 27)  # angular frequencies of the depth codes (periods ~6 to ~170 nodes)
+NUM_NODE_FEATURES = NUM_BASE_FEATURES + 4 * len(POS_FREQS)  # + sin/cos codes of depth from input and to output
 
 
 class UnsupportedOpError(RuntimeError):
@@ -524,11 +526,15 @@ class ArchGraph:
         return counts
 
     def node_features(self) -> torch.Tensor:
-        """Float features per node (shape and position information; see docs/DESIGN.md)."""
+        """Float features per node: shape information, relative depth, and sinusoidal codes of the longest-path
+        depth from the input and to the output (so repeated blocks at different depths differ; docs/DESIGN.md)."""
         feats = torch.zeros(len(self.nodes), NUM_NODE_FEATURES)
         depth = [0] * len(self.nodes)
         for s, d in self.edges:  # node order is execution order, hence topological
             depth[d] = max(depth[d], depth[s] + 1)
+        height = [0] * len(self.nodes)
+        for s, d in reversed(self.edges):
+            height[s] = max(height[s], height[d] + 1)
         max_depth = max(depth) or 1
         lg = lambda v: math.log2(1 + v)  # noqa: E731
         for n in self.nodes:
@@ -541,7 +547,7 @@ class ArchGraph:
                 f[2] = lg(k)
                 f[3] = lg(w.fan_in)
             elif n.params:
-                f[0] = lg(n.params[0].shape[-1])
+                f[0] = lg(n.params[0].shape[-1]) if n.params[0].shape else 0.0
             f[4] = lg(n.attrs.get("stride", 1))
             g = n.attrs.get("groups", 1)
             f[5] = lg(g)
@@ -554,6 +560,12 @@ class ArchGraph:
                 f[6] = lg(shp[1])
             f[8] = float(any(r.tied_to is not None for r in n.params))
             f[9] = depth[n.idx] / max_depth
+        freqs = torch.tensor(POS_FREQS)
+        for j, pos in enumerate((depth, height)):
+            ang = torch.tensor(pos, dtype=torch.float32)[:, None] * freqs
+            k = NUM_BASE_FEATURES + 2 * len(POS_FREQS) * j
+            feats[:, k:k + len(POS_FREQS)] = torch.sin(ang)
+            feats[:, k + len(POS_FREQS):k + 2 * len(POS_FREQS)] = torch.cos(ang)
         return feats
 
     def to_pyg(self, max_virtual_dist: int = 0):

@@ -44,14 +44,25 @@ class GHNConfig:
     max_virtual_dist: int = 5
     conv: str = "gated"
     code_seed: int = 0
+    pos_features: bool = True     # sinusoidal depth-from-input / depth-to-output node features
+    # Defaults for fresh runs are provisional until the proxy protocol (benchmarks/proxy.py) has compared them:
+    # on a toy task, orth=True or max_pred_share=0.5 learned slower than the original design (docs/DESIGN.md).
+    base: bool = True             # deterministic full-rank Gaussian base under every predicted matrix
+    orth: bool = False            # flat spectrum of the predicted low-rank part
+    max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
+        """Config from a dict; keys missing from it take their LEGACY values (checkpoints made before they existed)."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise CheckpointError(f"unknown hypernetwork config keys {sorted(unknown)} (newer ghn version?)")
-        return cls(**d)
+        return cls(**{**LEGACY_CONFIG, **d})
+
+
+# What the fields added after format version 1 mean when a stored config lacks them: the original design.
+LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0}
 
 
 @dataclass
@@ -86,11 +97,15 @@ class GraphHyperNetwork(nn.Module):
     def __init__(self, config: Optional[GHNConfig] = None, **overrides: Any):
         super().__init__()
         cfg = asdict(config or GHNConfig())
+        unknown = set(overrides) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown hypernetwork config keys {sorted(unknown)}")
         cfg.update(overrides)
-        self.config = GHNConfig.from_dict(cfg)
+        self.config = GHNConfig(**cfg)
         c = self.config
-        self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv)
-        self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed)
+        self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
+        self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
+                                      c.max_pred_share)
 
     @property
     def device(self) -> torch.device:
