@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -33,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval", metavar="DATASET", help="also report top-1 of the predicted model (no training) on "
                    "this dataset's test split: fashion-mnist | cifar10 | cifar100")
     p.add_argument("--data-root", help="dataset folder for --eval")
+    p.add_argument("--inspect", action="store_true", help="print spectrum / scale / same-layer statistics of the "
+                   "predicted weights against default init (ghn.inspect): degenerate predictions show up here")
     a = p.parse_args(argv)
 
     from ghn.hypernet import load_pretrained
@@ -48,9 +49,13 @@ def main(argv=None) -> int:
 
     if a.zoo:
         entries = read_zoo(a.zoo)
-        summary, _ = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, num_classes, in_channels, image_size,
-                                    strict=not a.lenient)
+        summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, num_classes, in_channels,
+                                         image_size, strict=not a.lenient, keep_models=a.inspect)
         print(summary)
+        if a.inspect:
+            from ghn.inspect import inspect_model, zoo_summary
+
+            print(zoo_summary([_inspect(inspect_model, m, n, not a.lenient) for n, m in models.items()]))
         return 1 if summary.failed and not summary.reports else 0
 
     t0 = time.perf_counter()
@@ -63,6 +68,10 @@ def main(argv=None) -> int:
     model = models[a.model]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{report}\n{n_params:,} parameters, predicted in {time.perf_counter() - t0:.2f}s")
+    if a.inspect:
+        from ghn.inspect import inspect_model
+
+        print(_inspect(inspect_model, model, a.model, not a.lenient))
     if a.out:
         save_predicted(model, report, a.out)
         print(f"wrote {a.out}  (load with model.load_state_dict(safetensors.torch.load_file(path), strict=False))")
@@ -75,6 +84,14 @@ def main(argv=None) -> int:
         acc = evaluate_init(model, train, test)
         print(f"top-1 on {a.eval} test with predicted parameters, no training: {100 * acc:.2f}%")
     return 0
+
+
+def _inspect(inspect_model, model, name: str, strict: bool):
+    """Inspection of the weights now in ``model`` (predicted) against its default init."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    ins = inspect_model(model, params=params, strict=strict)
+    ins.model = name
+    return ins
 
 
 def cli() -> int:

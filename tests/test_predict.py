@@ -87,3 +87,10 @@ def test_get_model_spec_json_and_missing_file(tmp_path):
     assert m(torch.randn(2, 1, 12, 12)).shape == (2, 5)
     with pytest.raises(FileNotFoundError):
         get_model(str(tmp_path / "nope.json"))
+
+
+def test_predict_cli_inspect_reports_spectrum(ckpt):
+    r = run("--model", "tiny:TinyCNN", "--ckpt", str(ckpt), "--inspect")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("tiny:TinyCNN:") and " | " in ln)
+    assert "effective rank / default" in line and "top-sigma energy" in line and "degenerate:" in line
