@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""The fixed CPU proxy protocol: accept or reject a hypernetwork design by training it from scratch, side by side.
+
+One run = one design (hypernetwork config flags + training flags), always on the same budget and data:
+
+1. **train** from scratch for ``--steps`` steps (a step budget, not minutes: a busy machine does not change the
+   result) on a fixed pool: the first ``--pool-size`` architectures of the generated train split with at most
+   ``--max-arch-params`` parameters (CNNs with every norm, and ViTs), Fashion-MNIST, meta-batch 4 x 32 images;
+2. **evaluate** on a fixed val subset (the first ``--n`` val architectures of the same size range): top-1 with
+   no training (predicted vs default init, BN statistics re-estimated), the spectrum of the predicted weights
+   (``ghn.inspect``: effective-rank ratio, top-sigma energy, same-role cosine), and ``--ft-steps`` SGD steps from
+   both inits on the first ``--ft-n`` of them (same data order).
+
+Writes ``benchmarks/results/proxy/<name>.json`` and prints the docs/BENCHMARKS.md table row.
+
+    python -m ghn.data generate --split train --n 1000000 --seed 0 --out data/train.jsonl.gz   # once
+    python benchmarks/proxy.py --name legacy --no-base --no-orth --no-pos-features --max-pred-share 1
+    python benchmarks/proxy.py --name base50 --max-pred-share 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_design(a, ghn_over: dict) -> Path:
+    """Train (or reuse a finished run of) the design; returns the hypernetwork checkpoint."""
+    from ghn.training import TrainConfig, train
+
+    out = Path(a.runs) / a.name
+    ckpt = out / "ghn.safetensors"
+    if ckpt.is_file():
+        from ghn.hypernet import GraphHyperNetwork
+
+        if GraphHyperNetwork.load(ckpt).extra.get("step") == a.steps:
+            print(f"reusing the finished run {out}", flush=True)
+            return ckpt
+    resume = sorted(out.glob("ckpt-*"))
+    cfg = TrainConfig(dataset="fashion-mnist", archs=a.archs, out_dir=str(out), steps=a.steps, meta_batch=4,
+                      batch_size=32, lr=a.lr, warmup_steps=50, max_arch_params=a.max_arch_params,
+                      pool_size=a.pool_size, logit_norm=a.logit_norm, ckpt_every=max(1, a.steps // 4),
+                      log_every=25, seed=0, cpu=True, resume=str(resume[-1]) if resume else None, ghn=ghn_over,
+                      progress=not os.environ.get("CI"))
+    train(cfg)
+    return ckpt
+
+
+def eval_design(a, ckpt: Path) -> dict:
+    from ghn.data import ArchDataset
+    from ghn.datasets import get_dataset
+    from ghn.evaluation import evaluate_init, finetune
+    from ghn.hypernet import GraphHyperNetwork
+    from ghn.inspect import inspect_model
+    from ghn.space import count_params
+
+    hyper = GraphHyperNetwork.load(ckpt)
+    train = get_dataset("fashion-mnist", None, train=True)
+    test = get_dataset("fashion-mnist", None, train=False)
+    test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
+    c, s = train.in_channels, train.image_size
+    val = ArchDataset("val")
+    todo = [i for i in range(len(val)) if count_params(val[i], 10, c, s) <= a.max_arch_params][:a.n]
+    x = torch.zeros(2, c, s, s)
+    rows = []
+    for k, i in enumerate(todo):
+        def fresh():
+            torch.manual_seed(i)
+            return val.build(i, num_classes=10, in_channels=c, image_size=s)
+
+        model = fresh()
+        ins = inspect_model(model, hyper, x).summary()
+        pred = fresh()
+        hyper.initialize(pred, x)
+        row = {"index": i, "family": val[i]["family"], "norm": val[i].get("norm"), **ins,
+               "acc_pred": evaluate_init(pred, train, test, calib_batches=10),
+               "acc_default": evaluate_init(fresh(), train, test, calib_batches=10)}
+        if k < a.ft_n:
+            state = {n: t.clone() for n, t in pred.state_dict().items()}
+            m = fresh()
+            m.load_state_dict(state)
+            finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
+            row["ft_pred"] = evaluate_init(m, train, test, calib_batches=10)
+            m = fresh()
+            finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
+            row["ft_default"] = evaluate_init(m, train, test, calib_batches=10)
+        rows.append(row)
+        print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
+    med = lambda key: statistics.median(r[key] for r in rows if r[key] is not None)  # noqa: E731
+    ft = [r for r in rows if "ft_pred" in r]
+    return {"n": len(rows), "acc_pred": statistics.mean(r["acc_pred"] for r in rows),
+            "acc_default": statistics.mean(r["acc_default"] for r in rows),
+            "rank_ratio": med("median_rank_ratio"), "top_energy": med("median_top_energy"),
+            "role_cos": med("median_role_cos"),
+            "ft_n": len(ft), "ft_pred": statistics.mean(r["ft_pred"] for r in ft) if ft else None,
+            "ft_default": statistics.mean(r["ft_default"] for r in ft) if ft else None,
+            "ft_no_harm": sum(r["ft_pred"] >= r["ft_default"] - 0.005 for r in ft) / len(ft) if ft else None,
+            "rows": rows}
+
+
+def main(argv=None) -> int:
+    from ghn.hypernet import GHNConfig
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="design name (run dir and result file)")
+    p.add_argument("--steps", type=int, default=800, help="training steps (the fixed budget)")
+    p.add_argument("--archs", default=str(ROOT / "data" / "train.jsonl.gz"))
+    p.add_argument("--pool-size", type=int, default=5000)
+    p.add_argument("--max-arch-params", type=int, default=500_000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--logit-norm", type=float, default=0.0)
+    p.add_argument("--n", type=int, default=48, help="val architectures evaluated with no training")
+    p.add_argument("--ft-n", type=int, default=8, help="of which fine-tuned")
+    p.add_argument("--ft-steps", type=int, default=100)
+    p.add_argument("--test-n", type=int, default=2000, help="test images per evaluation (first N)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "proxy"))
+    p.add_argument("--out", default=None)
+    p.add_argument("--eval-only", action="store_true", help="evaluate --ckpt (or the run's checkpoint) only")
+    p.add_argument("--ckpt", default=None)
+    import dataclasses
+
+    for f in dataclasses.fields(GHNConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, type=type(f.default), default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    ghn_over = {f.name: getattr(a, f.name) for f in dataclasses.fields(GHNConfig) if getattr(a, f.name) is not None}
+    if not a.eval_only and not Path(a.archs).is_file():
+        sys.exit(f"error: {a.archs} not found; generate it: python -m ghn.data generate --split train "
+                 "--n 1000000 --seed 0 --out data/train.jsonl.gz")
+    t0 = time.perf_counter()
+    ckpt = Path(a.ckpt) if a.ckpt else (Path(a.runs) / a.name / "ghn.safetensors" if a.eval_only
+                                        else train_design(a, ghn_over))
+    t_train = time.perf_counter() - t0
+    res = eval_design(a, ckpt)
+    doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "name": a.name,
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": a.threads},
+           "torch": torch.__version__, "args": vars(a), "ghn": ghn_over, "train_seconds": t_train,
+           "eval_seconds": time.perf_counter() - t0 - t_train, **res}
+    out = Path(a.out or ROOT / "benchmarks" / "results" / "proxy" / f"{a.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"| {a.name} | {a.steps} | {100 * res['acc_pred']:.1f} / {100 * res['acc_default']:.1f} | "
+          f"{100 * res['ft_pred']:.1f} / {100 * res['ft_default']:.1f} ({res['ft_n']}) | {f(res['ft_no_harm'])} | "
+          f"{f(res['rank_ratio'])} | {f(res['top_energy'])} | {f(res['role_cos'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
