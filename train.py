@@ -29,21 +29,11 @@ def parse_args(argv=None) -> TrainConfig:
         else:
             typ = type(default) if default is not None else str
             p.add_argument(flag, type=typ, default=default)
-    from ghn.hypernet import GHNConfig
+    from ghn.hypernet import add_config_arguments, pop_config_overrides
 
-    ghn_fields = [f.name for f in dataclasses.fields(GHNConfig)]
-    for f in dataclasses.fields(GHNConfig):  # hypernetwork config overrides (fresh runs only)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"hypernetwork: {f.name} (default {f.default}; fresh runs only)")
-        else:
-            p.add_argument(flag, type=type(f.default), default=None,
-                           help=f"hypernetwork: {f.name} (default {f.default}; fresh runs only)")
+    add_config_arguments(p)
     a = vars(p.parse_args(argv))
-    ghn_over = {k: a.pop(k) for k in ghn_fields if a.get(k) is not None}
-    for k in ghn_fields:
-        a.pop(k, None)
+    ghn_over = pop_config_overrides(a)
     return TrainConfig(**a, ghn=ghn_over)
 
 

@@ -109,7 +109,7 @@ def eval_design(a, ckpt: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from ghn.hypernet import GHNConfig
+    from ghn.hypernet import add_config_arguments, pop_config_overrides
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="design name (run dir and result file)")
@@ -130,17 +130,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--eval-only", action="store_true", help="evaluate --ckpt (or the run's checkpoint) only")
     p.add_argument("--ckpt", default=None)
-    import dataclasses
-
-    for f in dataclasses.fields(GHNConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            p.add_argument(flag, type=type(f.default), default=None)
+    add_config_arguments(p)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    ghn_over = {f.name: getattr(a, f.name) for f in dataclasses.fields(GHNConfig) if getattr(a, f.name) is not None}
+    ghn_over = pop_config_overrides(vars(a))
     if not a.eval_only and not Path(a.archs).is_file():
         sys.exit(f"error: {a.archs} not found; generate it: python -m ghn.data generate --split train "
                  "--n 1000000 --seed 0 --out data/train.jsonl.gz")

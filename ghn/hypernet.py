@@ -61,6 +61,24 @@ class GHNConfig:
         return cls(**{**LEGACY_CONFIG, **d})
 
 
+def add_config_arguments(parser) -> None:
+    """One ``--flag`` per :class:`GHNConfig` field (default None: not overridden), for the CLIs."""
+    import argparse
+
+    for f in fields(GHNConfig):
+        flag, doc = "--" + f.name.replace("_", "-"), f"hypernetwork: {f.name} (default {f.default}; fresh runs only)"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None, help=doc)
+
+
+def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove the :func:`add_config_arguments` entries from parsed ``args``; return the ones that were given."""
+    vals = {f.name: args.pop(f.name, None) for f in fields(GHNConfig)}
+    return {k: v for k, v in vals.items() if v is not None}
+
+
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0}
 
