@@ -471,8 +471,10 @@ class ArchGraph:
         finally:
             for h in handles:
                 h.remove()
+            # through train(), parents before children: modules that drop eval-mode caches in their train()
+            # override (LeViT / EfficientViT attention biases) see the call, and every module ends in its own mode
             for m, flag in training:
-                m.training = flag
+                m.train(flag)
         b.tags.clear()
 
         cov = cls._make_coverage(model, b)

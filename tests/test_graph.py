@@ -471,3 +471,29 @@ def test_torchvision_full_coverage(name, device, size):
     assert {n for _, r in g.param_refs() for n in (r.name, *r.aliases)} == set(named)
     assert g.nodes[-1].out_shape == (2, 1000)
     assert g.to_pyg(max_virtual_dist=3).num_nodes == len(g.nodes)
+
+
+def test_from_module_restores_modes_through_train_so_eval_caches_are_dropped():
+    class Cached(nn.Module):  # like timm LeViT: an eval-mode cache of a parameter-derived tensor
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.cache = None
+
+        def train(self, mode=True):
+            super().train(mode)
+            if mode:
+                self.cache = None
+            return self
+
+        def forward(self, x):
+            if not self.training:
+                self.cache = self.lin.weight * 1.0 if self.cache is None else self.cache
+                return x @ self.cache.t()
+            return self.lin(x)
+
+    model = nn.Sequential(Cached(), nn.Dropout(0.1))
+    model.train()
+    model[1].eval()  # mixed modes survive too
+    ArchGraph.from_module(model, torch.zeros(2, 4))
+    assert model[0].cache is None and model[0].training and model.training and not model[1].training
