@@ -53,9 +53,9 @@ def main(argv=None) -> int:
                                          image_size, strict=not a.lenient, keep_models=a.inspect)
         print(summary)
         if a.inspect:
-            from ghn.inspect import inspect_model, zoo_summary
+            from ghn.inspect import zoo_summary
 
-            print(zoo_summary([_inspect(inspect_model, m, n, not a.lenient) for n, m in models.items()]))
+            print(zoo_summary([_inspect(m, n, not a.lenient) for n, m in models.items()]))
         return 1 if summary.failed and not summary.reports else 0
 
     t0 = time.perf_counter()
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{report}\n{n_params:,} parameters, predicted in {time.perf_counter() - t0:.2f}s")
     if a.inspect:
-        from ghn.inspect import inspect_model
-
-        print(_inspect(inspect_model, model, a.model, not a.lenient))
+        print(_inspect(model, a.model, not a.lenient))
     if a.out:
         save_predicted(model, report, a.out)
         print(f"wrote {a.out}  (load with model.load_state_dict(safetensors.torch.load_file(path), strict=False))")
@@ -86,8 +84,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _inspect(inspect_model, model, name: str, strict: bool):
+def _inspect(model, name: str, strict: bool):
     """Inspection of the weights now in ``model`` (predicted) against its default init."""
+    from ghn.inspect import inspect_model
+
     params = {k: v.detach() for k, v in model.named_parameters()}
     ins = inspect_model(model, params=params, strict=strict)
     ins.model = name

@@ -15,8 +15,8 @@ Against rank collapse (docs/DESIGN.md, "decoder"), by construction rather than b
   parameter's name and shape, so two layers never share it and the same model always gets the same weights) and
   the predicted low-rank part ``P``, each at unit RMS; ``t`` is predicted per tensor but bounded by
   ``max_pred_share`` (the largest energy fraction ``sin(t)^2`` the predicted part may take);
-- optionally (``orth``), ``P`` has a flat spectrum: its factors are orthonormalised (QR) and the small core is pushed to an orthogonal
-  matrix by Newton-Schulz iterations, so the predicted part is a rank-``r`` semi-orthogonal map, never rank 1.
+- optionally (``orth``), ``P`` has a flat spectrum: its factors are orthonormalised (QR) and the small core is
+  pushed to an orthogonal matrix by Newton-Schulz iterations, so ``P`` is a rank-``r`` semi-orthogonal map.
 
 Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(1 / fan_in)`` (LeCun variance; for embedding
 tables fan_in is the embedding width) times a learned, op- and layer-dependent factor in ``[e^-2, e^2]`` (so a
@@ -25,8 +25,8 @@ sensible variance and training only learns deviations. Gains start at 1, biases 
 """
 from __future__ import annotations
 
-import math
 import hashlib
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -158,20 +158,17 @@ class LowRankDecoder(nn.Module):
         k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
         fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
         scale = fan_in.rsqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
-        if not (self.base or self.orth):  # the original pure low-rank decoder (checkpoints made before the base)
-            # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
+        if self.orth:  # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
+            cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
+            w = flat_low_rank(a, cols)
+        else:  # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
             ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
             w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
+        w = w / _rms(w)
+        if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
+            t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
+            w = torch.cos(t) * base_weights(refs, w.shape[1:], w.device, w.dtype) + torch.sin(t) * w
             w = w / _rms(w)
-        else:
-            # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
-            cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
-            w = flat_low_rank(a, cols) if self.orth else torch.bmm(a, cols.transpose(1, 2))
-            w = w / _rms(w)
-            if self.base:
-                t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, 1, 1)
-                w = torch.cos(t) * base_weights(refs, w.shape[1:], w.device, w.dtype) + torch.sin(t) * w
-                w = w / _rms(w)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
 
@@ -180,7 +177,6 @@ class LowRankDecoder(nn.Module):
         m = self.head_vec(c).view(c.shape[0], len(VECTOR_KINDS), self.code_dim)[:, k]
         v = m @ self.index_code(n).t()  # [g, n]
         return 1.0 + v if kind == "gain" else v
-
 
 
 def _rms(w: Tensor) -> Tensor:
