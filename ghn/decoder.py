@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ghn.graph import ParamRef
+from ghn.graph import ParamRef, _squeeze_shape
 
 VECTOR_KINDS: Tuple[str, ...] = ("bias", "gain", "shift", "token")
 PARAM_KINDS: Tuple[str, ...] = ("matrix",) + VECTOR_KINDS
@@ -47,9 +47,9 @@ class DecoderShapeError(ValueError):
 
 def param_shape(ref: ParamRef) -> Tuple[int, ...]:
     """The shape the decoder emits for ``ref``: leading singleton dims dropped, at most (out, in, k1, k2, k3)."""
-    shape = tuple(ref.shape)
-    while len(shape) > 1 and shape[0] == 1:
-        shape = shape[1:]
+    shape = _squeeze_shape(ref.shape)
+    if ref.kind != "matrix" and len(shape) > 1:  # a gain stored (out, 1, 1): weight_norm's g
+        shape = tuple(d for d in shape if d != 1) or (1,)
     if ref.kind == "matrix" and len(shape) > 2 + MAX_KERNEL_DIMS:
         raise DecoderShapeError(
             f"{ref.name}: shape {tuple(ref.shape)} has {len(shape) - 2} kernel dims; the decoder emits at most "

@@ -71,7 +71,9 @@ class Coverage:
     """Which parameter tensors the graph covers.
 
     ``covered`` are predicted (or tied to a predicted tensor); ``unused`` never took part in the traced forward
-    pass (e.g. an auxiliary head); ``unsupported`` reached a function outside the op vocabulary.
+    pass (e.g. an auxiliary head); ``unsupported`` reached a function outside the op vocabulary. ``frozen``
+    parameters (``requires_grad=False``, e.g. fixed sinusoidal position tables) are constants: never predicted,
+    not counted in ``total``.
     """
 
     total: int
@@ -79,6 +81,7 @@ class Coverage:
     unused: List[str]
     unsupported: Dict[str, str]
     tied: Dict[str, str]
+    frozen: List[str] = field(default_factory=list)
 
     @property
     def missing(self) -> List[str]:
@@ -92,6 +95,8 @@ class Coverage:
         s = f"{len(self.covered)}/{self.total} parameter tensors covered ({100 * self.fraction:.1f}%)"
         if self.tied:
             s += f", {len(self.tied)} tied"
+        if self.frozen:
+            s += f", {len(self.frozen)} frozen (requires_grad=False, left as they are)"
         if self.unused:
             s += f"; unused in forward: {', '.join(self.unused[:5])}{' ...' if len(self.unused) > 5 else ''}"
         if self.unsupported:
@@ -152,9 +157,14 @@ class _Builder(TorchFunctionMode):
         self.tags: Dict[int, _Tag] = {}
         self.scope: List[str] = [""]
         self.param_names: Dict[int, List[str]] = {}
-        self._params_by_id: Dict[int, torch.Tensor] = {id(p): p for p in model.parameters()}
+        self.frozen: List[str] = []  # requires_grad=False (fixed sinusoidal tables ...): constants, never predicted
         for name, p in model.named_parameters(remove_duplicate=False):
-            self.param_names.setdefault(id(p), []).append(name)
+            if p.requires_grad:
+                self.param_names.setdefault(id(p), []).append(name)
+            elif name not in self.frozen:
+                self.frozen.append(name)
+        self._params_by_id: Dict[int, torch.Tensor] = {id(p): p for p in model.parameters() if p.requires_grad}
+        self.gains: set = set()  # ids of parameters that scale a computed weight (weight_norm's g)
         self.param_owner: Dict[int, str] = {}  # id(param) -> canonical name once attributed
         self.unsupported: Dict[int, str] = {}
         self.seen: set = set()
@@ -177,38 +187,23 @@ class _Builder(TorchFunctionMode):
             self.tags[id(t)] = _Tag(sources, params, t)
 
     def add_node(self, op: str, sources: Iterable[int], out: Any = None, params: Sequence[Tuple[int, str]] = (),
-                 attrs: Optional[Dict[str, Any]] = None, transposed: bool = False) -> int:
+                 attrs: Optional[Dict[str, Any]] = None, transposed: bool = False,
+                 fan_in: Optional[int] = None) -> int:
+        """Append a node owning ``params``. ``fan_in`` overrides the one read off the first matrix's shape: for a
+        slice of a parameter (one expert of an MoE table) the consumed slice decides."""
         idx = len(self.nodes)
         refs = []
         n_vec = 0
         for pid, _ in params:
             names = self.param_names[pid]
-            p_shape = _squeeze_shape(self._param_shape(pid))
-            if len(p_shape) >= 2:
-                kind = "matrix"
-                if transposed:
-                    fan_in = p_shape[0]
-                elif op == "conv_transpose":
-                    fan_in = p_shape[1] * math.prod(p_shape[2:])
-                elif op in ("embedding", "pos_embed"):
-                    fan_in = p_shape[1]
-                else:
-                    fan_in = math.prod(p_shape[1:])
-            else:
-                if op in O.NORM_OPS:
-                    kind = "gain" if n_vec == 0 else "shift"
-                elif op == "scale":
-                    kind = "gain"
-                elif op == "class_token":
-                    kind = "token"
-                else:
-                    kind = "bias"
-                n_vec += 1
-                fan_in = 1
+            kind, f_in = self._kind(op, _squeeze_shape(self._param_shape(pid)), pid, transposed, n_vec)
+            if kind == "matrix" and fan_in is not None:
+                f_in, fan_in = fan_in, None
+            n_vec += kind != "matrix"
             tied = self.param_owner.get(pid)
             if tied is None:
                 self.param_owner[pid] = names[0]
-            refs.append(ParamRef(names[0], tuple(self._param_shape(pid)), kind, int(fan_in), transposed,
+            refs.append(ParamRef(names[0], tuple(self._param_shape(pid)), kind, int(f_in), transposed,
                                  tied, tuple(names[1:]), op))
         name = self._node_name(op, refs)
         out_t = next(_flatten(out), None) if out is not None else None
@@ -220,6 +215,22 @@ class _Builder(TorchFunctionMode):
         if out is not None:
             self._tag(out, (idx,))
         return idx
+
+    def _kind(self, op: str, shape: Tuple[int, ...], pid: int, transposed: bool, n_vec: int) -> Tuple[str, int]:
+        """Parameter kind and fan-in of a parameter of (leading-1-squeezed) ``shape`` owned by an ``op`` node."""
+        if pid in self.gains:  # weight_norm's g: a per-output-channel gain whatever its singleton dims
+            return "gain", 1
+        if len(shape) >= 2:
+            if transposed:
+                return "matrix", shape[0]
+            if op == "conv_transpose":
+                return "matrix", shape[1] * math.prod(shape[2:])
+            if op in ("embedding", "pos_embed"):
+                return "matrix", shape[1]
+            return "matrix", math.prod(shape[1:])
+        if op in O.NORM_OPS:
+            return ("gain" if n_vec == 0 else "shift"), 1
+        return {"scale": "gain", "class_token": "token"}.get(op, "bias"), 1
 
     def _param_shape(self, pid: int) -> Tuple[int, ...]:
         return self._params_by_id[pid].shape
@@ -239,6 +250,8 @@ class _Builder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         name = O.normalize_func_name(func)
+        if name in O.METADATA_FUNCS:  # param.shape, .size(), .dim(): reading metadata is not a use
+            return func(*args, **kwargs)
         if name == "multi_head_attention_forward":
             return self._mha(func, args, kwargs)
         tensors = [t for t in _flatten((args, kwargs)) if isinstance(t, torch.Tensor)]
@@ -262,7 +275,7 @@ class _Builder(TorchFunctionMode):
             name = "relu6"  # nn.ReLU6 calls F.hardtanh(x, 0, 6)
         if name in O.CONV_FUNCS or name in O.CONV_TRANSPOSE_FUNCS:
             w = _arg(args, kwargs, 1, "weight")
-            groups = int(_arg(args, kwargs, 6 if name in O.CONV_FUNCS else 7, "groups", 1) or 1)
+            groups = int(_arg(args, kwargs, 6, "groups", 1) or 1)  # position 6 in F.conv*d and F.conv_transpose*d
             stride = _arg(args, kwargs, 3, "stride", 1)
             stride = int(stride[0] if isinstance(stride, (tuple, list)) else stride)
             in_ch = int(x.shape[1]) if x.dim() > 1 else 1
@@ -279,7 +292,10 @@ class _Builder(TorchFunctionMode):
                      "kernel": tuple(int(k) for k in w.shape[2:]) if isinstance(w, torch.Tensor) else ()}
             if params:
                 self.add_node(op, sources, out, plist, attrs)
-            else:  # convolution with a computed (not parameter) weight: data flow only
+            else:  # convolution with a computed weight (CondConv: routing @ expert bank): data flow only, but
+                # the parameters it was computed from take this conv's fan-in, not the number of experts
+                self._set_fan_in(w, int(w.shape[0] if op == "conv_transpose" else math.prod(w.shape[1:]))
+                                 if isinstance(w, torch.Tensor) and w.dim() > 1 else None)
                 self._tag(out, sources)
             return
         if name in O.LINEAR_FUNCS or name in O.EMBEDDING_FUNCS or name in O.NORM_FUNCS:
@@ -291,21 +307,35 @@ class _Builder(TorchFunctionMode):
             if op is None:
                 self._tag(out, sources)
             else:
-                self.add_node(op, sources, out, plist)
+                w = _arg(args, kwargs, 1, "weight")
+                f_in = int(w.shape[-1]) if name == "linear" and isinstance(w, torch.Tensor) and w.dim() == 2 \
+                    else None  # the consumed (out, in) matrix decides, also when it is a slice of a 3-D table
+                self.add_node(op, sources, out, plist, fan_in=f_in)
             return
         if name in O.MATMUL_FUNCS:
             if params:
-                # x @ W or addmm(b, x, W): the weight is stored (in, out); HF-style Conv1D.
-                w_first = isinstance(args[0], torch.Tensor) and id(args[0]) in self.param_names and \
-                    len(args[0].shape) >= 2
-                self.add_node("linear", sources, out, plist, transposed=not w_first)
+                # x @ W or addmm(b, x, W): the weight is stored (in, out) (HF-style Conv1D, MoE expert tables);
+                # W @ x: (out, in). The fan-in is the contracted dimension of the consumed operand.
+                ops_ = [t for t in args if isinstance(t, torch.Tensor)]
+                w_ops = [k for k, t in enumerate(ops_) if self._info(t)[1] and t.dim() >= 2]
+                w_first = bool(w_ops) and w_ops[0] == 0 and len(ops_) > 1
+                f_in = None
+                if w_ops and name != "einsum":
+                    t = ops_[w_ops[0]]
+                    f_in = int(t.shape[-1] if w_first else t.shape[-2])
+                self.add_node("linear", sources, out, plist, transposed=not w_first, fan_in=f_in)
             elif len(sources) > 1:
                 self.add_node("matmul", sources, out)
             else:
                 self._tag(out, sources)
             return
         if name in O.ATTENTION_FUNCS:
-            self.add_node("attention", sources, out, plist)
+            if params:  # a learned query / key (attention pooling): its own token node feeding the attention
+                sources = sources + (self.add_node("class_token", (), None, plist),)
+            self.add_node("attention", sources, out)
+            return
+        if name in O.RECURRENT_FUNCS:
+            self.add_node("recurrent", sources, out, plist)
             return
         if name in O.ADD_FUNCS or name in O.MUL_FUNCS or name in O.CAT_FUNCS:
             if params:
@@ -323,8 +353,16 @@ class _Builder(TorchFunctionMode):
             else:
                 self._tag(out, sources)
             return
+        if params and not sources and (name in O.PARAM_REPARAM_FUNCS or name in O.ACTIVATION_FUNCS
+                                       or name in O.SOFTMAX_FUNCS):
+            # an elementwise function or a resampling of parameters alone (-exp(A_log) in Mamba, sigmoid gates,
+            # interpolated position tables, weight_norm): a reparameterisation; the op that meets data owns them
+            if name == "weight_norm":
+                self.gains.add(id(_arg(args, kwargs, 1, "g")))
+            self._tag(out, sources, params)
+            return
         if params and name not in O.PASSTHROUGH_PARAM_FUNCS:
-            # a parameter consumed by a function we do not understand: never guess
+            # a parameter consumed with data by a function we do not understand: never guess
             for p in params:
                 self.unsupported.setdefault(p, name)
             self._tag(out, sources)
@@ -350,6 +388,15 @@ class _Builder(TorchFunctionMode):
         else:
             self._tag(out, sources, params)
 
+    def _set_fan_in(self, weight: Any, fan_in: Optional[int]) -> None:
+        """Give the matrices of the nodes that computed ``weight`` (a tensor used as a weight) ``fan_in``."""
+        if fan_in is None:
+            return
+        for s in self._info(weight)[0]:
+            for r in self.nodes[s].params:
+                if r.kind == "matrix":
+                    r.fan_in = fan_in
+
     @staticmethod
     def _is_global_reduce(x: torch.Tensor, args, kwargs) -> bool:
         dim = _arg(args, kwargs, 1, "dim", None)
@@ -364,8 +411,11 @@ class _Builder(TorchFunctionMode):
         bound = _MHA_SIG.bind(*args, **kwargs)
         a = bound.arguments
         srcs: Dict[int, None] = {}
+        qkv_params: Dict[int, None] = {}
         for key in ("query", "key", "value"):
-            srcs.update(dict.fromkeys(self._info(a[key])[0]))
+            s_, p_ = self._info(a[key])
+            srcs.update(dict.fromkeys(s_))
+            qkv_params.update(dict.fromkeys(p_))
         in_params = [a.get(k) for k in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
                                         "in_proj_bias", "bias_k", "bias_v")]
         in_params = [(id(p), "") for p in in_params if isinstance(p, torch.Tensor) and id(p) in self.param_names]
@@ -374,9 +424,11 @@ class _Builder(TorchFunctionMode):
         for pid, _ in in_params + out_params:
             self.seen.add(pid)
         out = func(*args, **kwargs)
+        if qkv_params:  # a learned query (SigLIP's attention-pooling probe): a token node of its own
+            srcs[self.add_node("class_token", (), None, [(p, "") for p in qkv_params])] = None
         n_in = self.add_node("attn_in_proj", srcs, None, in_params)
         n_att = self.add_node("attention", [n_in], None)
-        n_out = self.add_node("linear", [n_att], out[0], out_params)
+        self.add_node("linear", [n_att], out[0], out_params)
         self.nodes[n_in].out_shape = self.nodes[n_att].out_shape = tuple(out[0].shape)
         if len(out) > 1 and isinstance(out[1], torch.Tensor):
             self._tag(out[1], (n_att,))
@@ -400,10 +452,10 @@ def default_example_input(model: nn.Module, batch: int = 2, image_size: int = 32
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     size = int(getattr(model, "image_size", image_size) or image_size)
     for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            c = m.in_channels
-            spatial = {nn.Conv1d: (4 * size,), nn.Conv2d: (size, size), nn.Conv3d: (8, size // 2, size // 2)}
-            return torch.randn(batch, c, *spatial[type(m)], device=device, dtype=dtype)
+        spatial = next((s for cls, s in ((nn.Conv1d, (4 * size,)), (nn.Conv2d, (size, size)),
+                                          (nn.Conv3d, (8, size // 2, size // 2))) if isinstance(m, cls)), None)
+        if spatial is not None:  # isinstance, so Conv2d subclasses (StdConv2d) count
+            return torch.randn(batch, m.in_channels, *spatial, device=device, dtype=dtype)
         if isinstance(m, nn.Embedding):
             n = min(seq_len, int(getattr(model, "block_size", seq_len) or seq_len))
             return torch.randint(0, m.num_embeddings, (batch, n), device=device)
@@ -503,7 +555,7 @@ class ArchGraph:
             for r in n.params:
                 if r.tied_to is not None:
                     tied.setdefault(f"{n.name}:{r.name}", r.tied_to)
-        return Coverage(total, covered, unused, unsupported, tied)
+        return Coverage(total, covered, unused, unsupported, tied, list(b.frozen))
 
     # -- views -------------------------------------------------------------------------------------------------
     def coverage(self) -> Coverage:

@@ -92,6 +92,7 @@ class InitReport:
     tied: Dict[str, str] = field(default_factory=dict)
     untouched: Dict[str, str] = field(default_factory=dict)
     num_predicted_values: int = 0
+    frozen: List[str] = field(default_factory=list)  # requires_grad=False: left as they are, by design
 
     @property
     def fraction(self) -> float:
@@ -103,6 +104,8 @@ class InitReport:
              f"({self.num_predicted_values:,} values)")
         if self.tied:
             s += f", {len(self.tied)} tied"
+        if self.frozen:
+            s += f", {len(self.frozen)} frozen left as they are"
         if self.untouched:
             s += f"; left untouched {len(self.untouched)}: " + ", ".join(
                 f"{k} ({v})" for k, v in list(self.untouched.items())[:8])
@@ -258,6 +261,7 @@ def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -
         report.untouched[name] = "not used in the traced forward pass"
     for name, fn in cov.unsupported.items():
         report.untouched[name] = f"consumed by unsupported op {fn}()"
+    report.frozen = list(cov.frozen)
     return report
 
 

@@ -26,13 +26,15 @@ OP_TYPES: Tuple[str, ...] = (
     "attention", "softmax", "matmul",
     # activations
     "relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "activation",
+    # appended later
+    "recurrent",
 )
 OP_INDEX: Dict[str, int] = {name: i for i, name in enumerate(OP_TYPES)}
 
 PARAM_OPS: FrozenSet[str] = frozenset({
     "conv", "conv_depthwise", "conv_grouped", "conv_transpose", "linear",
     "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-    "embedding", "pos_embed", "class_token", "scale", "shift", "attn_in_proj",
+    "embedding", "pos_embed", "class_token", "scale", "shift", "attn_in_proj", "recurrent",
 })
 
 NORM_OPS: FrozenSet[str] = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"})
@@ -74,7 +76,8 @@ ADAPTIVE_POOL_FUNCS = {
 ADD_FUNCS = frozenset({"add", "sub", "rsub", "addcmul"})
 MUL_FUNCS = frozenset({"mul", "div", "truediv", "rmul", "rtruediv", "multiply"})
 CAT_FUNCS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"})
-MATMUL_FUNCS = frozenset({"matmul", "mm", "bmm", "einsum", "addmm", "baddbmm", "rmatmul"})
+MATMUL_FUNCS = frozenset({"matmul", "mm", "bmm", "einsum", "addmm", "baddbmm", "rmatmul", "grouped_mm"})
+RECURRENT_FUNCS = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu"})  # nn.LSTM / GRU / RNN (flat weights)
 SOFTMAX_FUNCS = frozenset({"softmax", "log_softmax"})
 ATTENTION_FUNCS = frozenset({"scaled_dot_product_attention"})
 LINEAR_FUNCS = frozenset({"linear", "bilinear"})
@@ -92,6 +95,21 @@ PASSTHROUGH_PARAM_FUNCS = frozenset({
     # value reparameterisations of a parameter (Swin-v2: ``logit_scale.clamp(max=log(100)).exp()``): the tensor
     # keeps its identity and the op that finally consumes it decides its node and kind
     "clamp", "clip", "clamp_min", "clamp_max", "exp",
+})
+
+
+# Functions that, applied to parameters alone (no data input), reparameterise them value by value or resample
+# them; the op that later combines the result with data owns the parameters (with activations and softmax).
+PARAM_REPARAM_FUNCS = frozenset({
+    "neg", "exp", "log", "log1p", "expm1", "abs", "sqrt", "rsqrt", "pow", "square", "reciprocal", "sign",
+    "interpolate", "upsample", "weight_norm", "norm_except_dim",
+})
+
+# Reading metadata of a tensor (``param.shape``, ``.size()``): not a use, not a node, ignored while tracing.
+METADATA_FUNCS = frozenset({
+    "shape", "size", "dim", "ndim", "ndimension", "numel", "nelement", "dtype", "device", "is_floating_point",
+    "is_complex", "requires_grad", "is_contiguous", "stride", "element_size", "layout", "is_cuda", "is_meta",
+    "len", "storage_offset", "data_ptr", "get_device", "is_leaf", "grad_fn", "names",
 })
 
 
