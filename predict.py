@@ -56,7 +56,11 @@ def main(argv=None) -> int:
             from ghn.inspect import zoo_summary
 
             print(zoo_summary([_inspect(m, n, not a.lenient) for n, m in models.items()]))
-        return 1 if summary.failed and not summary.reports else 0
+        if summary.failed:
+            print(f"error: {len(summary.failed)} of {len(entries)} zoo entries failed (listed above"
+                  f"{' and in ' + a.out_dir + '/summary.json' if a.out_dir else ''})", file=sys.stderr)
+            return 1
+        return 0
 
     t0 = time.perf_counter()
     summary, models = initialize_zoo([ZooEntry(a.model, a.model)], ghn, None, 1, num_classes, in_channels,

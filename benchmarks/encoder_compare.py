@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
     from ghn.hypernet import GraphHyperNetwork
-    from ghn.training import ArchPool, TrainConfig, train
+    from ghn.archstream import ArchPool
+    from ghn.training import TrainConfig, train
 
     data = get_dataset("fashion-mnist", train=True)
     archs = ArchDataset(a.archs)

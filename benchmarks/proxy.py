@@ -46,11 +46,17 @@ def train_design(a, ghn_over: dict) -> Path:
         if GraphHyperNetwork.load(ckpt).extra.get("step") == a.steps:
             print(f"reusing the finished run {out}", flush=True)
             return ckpt
-    resume = sorted(out.glob("ckpt-*"))
+    from ghn import rundir
+
+    resume = rundir.latest_checkpoint(out)
+    if resume is None and rundir.holds_a_run(out):  # killed before its first checkpoint: nothing to resume
+        import shutil
+
+        shutil.rmtree(out)
     cfg = TrainConfig(dataset="fashion-mnist", archs=a.archs, out_dir=str(out), steps=a.steps, meta_batch=4,
                       batch_size=32, lr=a.lr, warmup_steps=50, max_arch_params=a.max_arch_params,
                       pool_size=a.pool_size, logit_norm=a.logit_norm, ckpt_every=max(1, a.steps // 4),
-                      log_every=25, seed=0, cpu=True, resume=str(resume[-1]) if resume else None, ghn=ghn_over,
+                      log_every=25, seed=0, cpu=True, resume=str(resume) if resume else None, ghn=ghn_over,
                       progress=not os.environ.get("CI"))
     train(cfg)
     return ckpt

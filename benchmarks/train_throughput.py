@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 def direct_sgd_rate(pool, data, steps: int, meta_batch: int, batch_size: int, device: str, seed: int) -> dict:
     """Images/s and archs/s of ordinary SGD steps on the same kind of architectures (models prebuilt)."""
-    from ghn.training import step_rng
+    from ghn.archstream import step_rng
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     passes, archs, elapsed = 0, 0, 0.0
@@ -68,7 +68,8 @@ def main(argv=None) -> int:
 
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
-    from ghn.training import ArchPool, TrainConfig, train
+    from ghn.archstream import ArchPool
+    from ghn.training import TrainConfig, train
 
     data = get_dataset(a.dataset, train=True)
     archs = ArchDataset(a.archs)

@@ -14,7 +14,6 @@ Each dataset holds ``.images`` (float32, N x C x H x W, normalised per channel w
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 from pathlib import Path

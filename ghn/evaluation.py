@@ -6,13 +6,33 @@ explicit seed: no global RNG state is read or changed.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ghn.training import calibrate_norm_stats
+
+@torch.no_grad()
+def calibrate_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], params: Optional[Dict] = None) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average over ``batches``), no gradient steps."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        if params is None:
+            model(x)
+        else:
+            torch.func.functional_call(model, params, (x,), strict=False)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
 
 
 def batches(data, batch_size: int, seed: int, shuffle: bool = True, limit: Optional[int] = None

@@ -653,28 +653,40 @@ class ArchGraph:
 
 
 def shortest_path_edges(edge_index: torch.Tensor, num_nodes: int, max_dist: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Undirected node pairs at shortest-path distance 2..``max_dist`` (breadth-first, sparse-times-dense).
+    """Undirected node pairs at shortest-path distance 2..``max_dist``: ``(pairs [2, P], distances [P])``.
 
-    Cost is O(max_dist * E * N) with an N x N boolean frontier; fine for graphs of a few thousand nodes.
+    A breadth-first search from every node at once, kept sparse: the frontier is a sorted set of (source, node)
+    pair keys ``source * N + node``, expanded through the CSR adjacency. Memory is O(pairs within max_dist), never
+    N x N, so a graph of 10^5 nodes costs what its neighbourhoods cost. Pairs come sorted by distance, then source,
+    then target.
     """
-    if num_nodes == 0 or edge_index.numel() == 0:
-        return torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    und = torch.cat([edge_index, edge_index.flip(0)], 1)
-    adj = torch.sparse_coo_tensor(und, torch.ones(und.shape[1]), (num_nodes, num_nodes),
-                                  check_invariants=False).coalesce()
-    reached = torch.eye(num_nodes, dtype=torch.bool)
-    frontier = torch.eye(num_nodes)
+    empty = torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    if num_nodes == 0 or edge_index.numel() == 0 or max_dist < 2:
+        return empty
+    n = num_nodes
+    und = torch.cat([edge_index, edge_index.flip(0)], 1).long()
+    keys = torch.unique(und[0] * n + und[1])  # sorted, so grouped by source: a CSR adjacency
+    col = keys % n
+    rowptr = torch.searchsorted(keys // n, torch.arange(n + 1))
+    deg = rowptr[1:] - rowptr[:-1]
+    reached = torch.unique(torch.cat([torch.arange(n) * (n + 1), keys]))  # distance 0 and 1
+    f_src, f_node = keys // n, col
     pairs, dists = [], []
-    for d in range(1, max_dist + 1):
-        frontier = (torch.sparse.mm(adj, frontier) > 0) & ~reached
-        if not frontier.any():
+    for d in range(2, max_dist + 1):
+        cnt = deg[f_node]
+        total = int(cnt.sum())
+        if total == 0:
             break
-        reached |= frontier
-        if d >= 2:
-            idx = frontier.nonzero().t()
-            pairs.append(idx)
-            dists.append(torch.full((idx.shape[1],), d, dtype=torch.long))
-        frontier = frontier.float()
+        first = torch.cumsum(cnt, 0) - cnt
+        pos = rowptr[f_node].repeat_interleave(cnt) + torch.arange(total) - first.repeat_interleave(cnt)
+        new = torch.unique(f_src.repeat_interleave(cnt) * n + col[pos])
+        new = new[~torch.isin(new, reached)]
+        if new.numel() == 0:
+            break
+        reached = torch.unique(torch.cat([reached, new]))
+        pairs.append(torch.stack([new // n, new % n]))
+        dists.append(torch.full((new.numel(),), d, dtype=torch.long))
+        f_src, f_node = new // n, new % n
     if not pairs:
-        return torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        return empty
     return torch.cat(pairs, 1), torch.cat(dists)

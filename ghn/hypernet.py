@@ -32,6 +32,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match this version of ``ghn``."""
 
 
+class NonFiniteError(RuntimeError):
+    """The hypernetwork predicted NaN or infinite values: refused, never written into a model."""
+
+
 @dataclass
 class GHNConfig:
     """Hyperparameters of a :class:`GraphHyperNetwork` (stored in every checkpoint)."""
@@ -188,17 +192,27 @@ class GraphHyperNetwork(nn.Module):
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save(self, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> None:
-        """Save weights (safetensors) with the JSON config, format version and op vocabulary in its metadata."""
+        """Save weights (safetensors) with the JSON config, format version, op vocabulary and a SHA-256 of the
+        tensor data in its metadata; written to a temporary file and renamed, so a crash never leaves half a file."""
         from safetensors.torch import save_file
 
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": "ghn", "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(self.config)),
-                "op_types": json.dumps(list(OP_TYPES)), "extra": json.dumps(extra or {})}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path), meta)
+                "op_types": json.dumps(list(OP_TYPES)), "extra": json.dumps(extra or {}),
+                "sha256": tensors_digest(state)}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp), meta)
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> "GraphHyperNetwork":
-        """Load a checkpoint written by :meth:`save`; raises :class:`CheckpointError` with the reason."""
+        """Load a checkpoint written by :meth:`save`; raises :class:`CheckpointError` (one line) with the reason.
+
+        Metadata is validated before anything is allocated: the config builds the model on the ``meta`` device
+        and every stored tensor shape is checked against it; then the data hash (when stored) is verified.
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -207,40 +221,89 @@ class GraphHyperNetwork(nn.Module):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                if meta.get("format") != "ghn":
+                    raise CheckpointError(f"{path}: not a ghn checkpoint (no 'format: ghn' metadata)")
+                config, n_ops = _checked_meta(path, meta)
+                with torch.device("meta"):
+                    skeleton = cls(config)
+                _check_shapes(path, skeleton, shapes, n_ops)
                 state = {k: f.get_tensor(k) for k in f.keys()}
+        except CheckpointError:
+            raise
         except Exception as e:  # safetensors raises several types for truncated/garbage files
-            raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
-        if meta.get("format") != "ghn":
-            raise CheckpointError(f"{path}: not a ghn checkpoint (no 'format: ghn' metadata)")
+            raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+        digest = meta.get("sha256")
+        if digest is not None and digest != tensors_digest(state):
+            raise CheckpointError(f"{path}: tensor data does not match its stored SHA-256 (corrupt file)")
+        model = cls(config)
+        if n_ops < len(OP_TYPES):  # vocabulary grew (append-only): keep fresh rows for the new ops
+            fresh = model.encoder.op_embed.weight.detach().clone()
+            fresh[:n_ops] = state["encoder.op_embed.weight"]
+            state["encoder.op_embed.weight"] = fresh
+        model.load_state_dict(state)
+        model.extra = json.loads(meta.get("extra", "{}"))
+        return model.to(map_location)
+
+
+def tensors_digest(state: Dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``state`` (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _checked_meta(path: Path, meta: Dict[str, str]):
+    """``(GHNConfig, number of op types)`` from checkpoint metadata, or a :class:`CheckpointError`."""
+    try:
         version = int(meta.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{path}: checkpoint format version {version}, this ghn reads {FORMAT_VERSION}")
         ops = json.loads(meta.get("op_types", "[]"))
-        if list(OP_TYPES[:len(ops)]) != ops:
+        if not isinstance(ops, list) or list(OP_TYPES[:len(ops)]) != ops:
             raise CheckpointError(f"{path}: op vocabulary of the checkpoint differs from ghn.ops.OP_TYPES")
-        model = cls(GHNConfig.from_dict(json.loads(meta["config"])))
-        if len(ops) < len(OP_TYPES):  # vocabulary grew (append-only): keep fresh rows for the new ops
-            emb = state["encoder.op_embed.weight"]
-            fresh = model.encoder.op_embed.weight.detach().clone()
-            fresh[:len(ops)] = emb
-            state["encoder.op_embed.weight"] = fresh
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            raise CheckpointError(f"{path}: tensors do not match the config: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
-        model.load_state_dict(state)
-        model.extra = json.loads(meta.get("extra", "{}"))
-        return model.to(map_location)
+        raw = json.loads(meta["config"])
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: config metadata is not a JSON object")
+        config = GHNConfig.from_dict(raw)
+        for f in fields(GHNConfig):
+            v = getattr(config, f.name)
+            if type(v) is not type(f.default) and not (isinstance(f.default, float) and isinstance(v, int)):
+                raise CheckpointError(f"{path}: config {f.name}={v!r} is not a {type(f.default).__name__}")
+        json.loads(meta.get("extra", "{}"))
+    except CheckpointError:
+        raise
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad metadata ({type(e).__name__}: {e})") from e
+    return config, len(ops)
+
+
+def _check_shapes(path: Path, skeleton: nn.Module, shapes: Dict[str, tuple], n_ops: int) -> None:
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if "encoder.op_embed.weight" in expected:
+        expected["encoder.op_embed.weight"] = (n_ops,) + expected["encoder.op_embed.weight"][1:]
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: {shapes[k]} vs {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path}: tensors do not match the config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
 
 
 @torch.no_grad()
 def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -> InitReport:
     """Copy ``preds`` into the model's parameters by name and report what was predicted / left untouched."""
     report = InitReport(type(model).__name__)
+    bad = [k for k, t in preds.items() if not bool(torch.isfinite(t).all())]
+    if bad:  # checked before the first write: the model is left exactly as it was
+        raise NonFiniteError(f"{type(model).__name__}: the hypernetwork predicted non-finite values for "
+                             f"{len(bad)} tensors ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                             "nothing was written")
     named = dict(model.named_parameters(remove_duplicate=False))
     done = set()
     for name, p in named.items():
@@ -286,7 +349,7 @@ def initialize(model: nn.Module, example_input: Any = None, ghn: Union[None, Pat
 
     ``ghn`` is a hypernetwork, a checkpoint path, or ``None`` for the shipped pretrained one. Normalisation
     running statistics are buffers and are not predicted: re-estimate them with
-    :func:`ghn.training.calibrate_norm_stats` before evaluating in eval mode.
+    :func:`ghn.evaluation.calibrate_norm_stats` before evaluating in eval mode.
     """
     if not isinstance(ghn, GraphHyperNetwork):
         p = next(model.parameters(), None)
@@ -300,5 +363,5 @@ def count_values(params: Dict[str, Tensor]) -> int:
     return sum(t.numel() for t in {id(t): t for t in params.values()}.values())
 
 
-__all__ = ["GraphHyperNetwork", "GHNConfig", "InitReport", "CheckpointError", "initialize", "load_pretrained",
+__all__ = ["GraphHyperNetwork", "GHNConfig", "InitReport", "CheckpointError", "NonFiniteError", "initialize", "load_pretrained",
            "write_params", "count_values", "DEFAULT_CHECKPOINT"]

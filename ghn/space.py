@@ -226,24 +226,55 @@ def _nodes(cell: Sequence[Sequence[Any]]) -> List[List[Tuple[str, int]]]:
     return [[(str(n[0]), int(n[1])), (str(n[2]), int(n[3]))] for n in cell]
 
 
+# Keys of each family (unknown keys are refused: a typo must not silently fall back to a default) and the size
+# guards: a spec beyond them is refused in microseconds instead of building a model for minutes and running out
+# of memory (the generated splits stay far inside: <= 40 cells, depth <= 24).
+SPEC_KEYS = {
+    "cnn": {"family", "C", "cells", "steps", "normal", "reduce", "mult", "norm", "act", "stem", "stem_k",
+            "stem_mult", "fc_hidden"},
+    "vit": {"family", "dim", "depth", "heads", "mlp", "pre_norm", "pool", "attn", "norm", "qkv_bias", "patches"},
+    "gpt": {"family", "dim", "depth", "heads", "mlp", "pre_norm", "tie", "attn", "norm", "block", "vocab"},
+    "predefined": {"family", "name"},
+}
+OPTIONAL_KEYS = {"vocab"}
+MAX_CELLS, MAX_STEPS, MAX_DEPTH, MAX_WIDTH = 256, 16, 256, 8192
+
+
+def _positive(spec: Mapping[str, Any], key: str, hi: float) -> float:
+    v = spec[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= hi:
+        raise ValueError(f"{spec['family']} spec: {key}={v!r} must be a number in (0, {hi:g}]")
+    return v
+
+
 def check_spec(spec: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` if ``spec`` cannot be built (unknown family/op/norm, bad input index, empty node...)."""
+    """Raise a one-line ``ValueError`` if ``spec`` cannot be built (not a dict, unknown family/key/op/norm, missing
+    key, bad input index, empty node, zero or absurd sizes)."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a spec must be a JSON object, got {type(spec).__name__}: {str(spec)[:80]}")
     fam = spec.get("family")
+    if fam not in SPEC_KEYS:
+        raise ValueError(f"unknown spec family {fam!r}; expected cnn, vit, gpt or predefined")
+    missing = sorted(SPEC_KEYS[fam] - OPTIONAL_KEYS - set(spec))
+    unknown = sorted(set(spec) - SPEC_KEYS[fam])
+    if missing or unknown:
+        raise ValueError(f"{fam} spec: " + "; ".join(
+            ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {unknown}"] if unknown else [])))
     if fam == "cnn":
-        for k in ("C", "cells", "steps", "normal", "reduce", "mult", "norm", "act", "stem", "stem_k",
-                  "stem_mult", "fc_hidden"):
-            if k not in spec:
-                raise ValueError(f"cnn spec lacks {k!r}: {canonical_json(spec)[:200]}")
         if spec["norm"] not in NORMS or spec["act"] not in ACTS or spec["stem"] not in STEMS:
             raise ValueError(f"bad norm/act/stem in spec: {spec['norm']!r}, {spec['act']!r}, {spec['stem']!r}")
-        if int(spec["C"]) < 1 or int(spec["cells"]) < 1 or int(spec["steps"]) < 1 or float(spec["mult"]) <= 0:
-            raise ValueError("C, cells, steps and mult must be positive")
+        _positive(spec, "C", MAX_WIDTH)
+        _positive(spec, "cells", MAX_CELLS)
+        _positive(spec, "steps", MAX_STEPS)
+        _positive(spec, "mult", 8)
+        _positive(spec, "stem_mult", 8)
         for which in ("normal", "reduce"):
             cell = spec[which]
-            if len(cell) != int(spec["steps"]):
-                raise ValueError(f"{which} cell has {len(cell)} nodes, expected steps={spec['steps']}")
+            if not isinstance(cell, list) or len(cell) != int(spec["steps"]):
+                n = len(cell) if isinstance(cell, list) else type(cell).__name__
+                raise ValueError(f"{which} cell has {n} nodes, expected steps={spec['steps']}")
             for j, node in enumerate(cell):
-                if len(node) != 4:
+                if not isinstance(node, list) or len(node) != 4:
                     raise ValueError(f"{which} node {j}: expected [op, input, op, input], got {node}")
                 for op, i in _nodes([node])[0]:
                     if op not in OPS:
@@ -253,16 +284,16 @@ def check_spec(spec: Mapping[str, Any]) -> None:
                 if node[0] == "zero" and node[2] == "zero":
                     raise ValueError(f"{which} node {j}: both ops are 'zero'")
     elif fam in ("vit", "gpt"):
-        for k in ("dim", "depth", "heads", "mlp"):
-            if k not in spec:
-                raise ValueError(f"{fam} spec lacks {k!r}")
-        if int(spec["dim"]) % int(spec["heads"]):
+        dim = _positive(spec, "dim", MAX_WIDTH)
+        _positive(spec, "depth", MAX_DEPTH)
+        heads = _positive(spec, "heads", dim)
+        _positive(spec, "mlp", 16)
+        if int(dim) % int(heads):
             raise ValueError(f"dim {spec['dim']} is not a multiple of heads {spec['heads']}")
-    elif fam == "predefined":
-        if not isinstance(spec.get("name"), str):
-            raise ValueError("predefined spec needs a 'name'")
-    else:
-        raise ValueError(f"unknown spec family {fam!r}; expected cnn, vit, gpt or predefined")
+        if fam == "vit" and spec["pool"] not in ("cls", "mean"):
+            raise ValueError(f"vit spec: pool={spec['pool']!r}; expected 'cls' or 'mean'")
+    elif not isinstance(spec.get("name"), str):
+        raise ValueError("predefined spec needs a 'name'")
 
 
 def rejection_reason(spec: Mapping[str, Any], max_params: Optional[float] = None) -> Optional[str]:

@@ -4,28 +4,36 @@ Each step samples a meta-batch of architectures, predicts all their parameters i
 network on the same image batch through ``torch.func.functional_call`` and backpropagates the mean classification
 loss into the hypernetwork.
 
-Randomness is a pure function of ``(seed, step, rank)``: which architectures and which images a step sees does not
-depend on history, so ``--resume`` reproduces the following steps exactly (model, optimizer, scheduler and the step
-counter are restored with ``Accelerator.save_state``/``load_state``).
+Randomness is a pure function of ``(seed, step, rank)`` (:mod:`ghn.archstream`): which architectures and which
+images a step sees does not depend on history, so ``--resume`` reproduces the following steps exactly (model,
+optimizer, scheduler and RNG through ``Accelerator.save_state``/``load_state``, the counters in
+``trainer_state.json``). The run directory is locked and checkpoints appear only when complete (:mod:`ghn.rundir`).
+
+:class:`Trainer` is the loop in named steps: ``__init__`` (set-up and resume), :meth:`Trainer.train_step`,
+:meth:`Trainer.log`, :meth:`Trainer.save`; :func:`train` runs it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import pickle
+import sys
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ghn import rundir
+from ghn.archstream import (ArchPool, StepArchs, iterate_steps, pack_meta_batch, parse_arch_filter, select_archs,
+                             step_rng)
 from ghn.graph import ArchGraph
 from ghn.hypernet import GHNConfig, GraphHyperNetwork
+
+__all__ = ["TrainConfig", "TrainerState", "Trainer", "train", "resume_config", "robust_mean", "standardize_logits",
+           "meta_batch_loss", "pack_meta_batch", "parse_arch_filter", "select_archs", "step_rng"]
 
 
 @dataclass
@@ -60,126 +68,45 @@ class TrainConfig:
     cpu: bool = False
     max_minutes: float = 0.0          # > 0: stop (and checkpoint) after this wall-clock budget
     progress: bool = True
+    max_skipped: int = 50             # stop with an error after this many consecutive non-finite steps
     ghn: Dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides for a fresh hypernetwork
 
 
-def parse_arch_filter(text: str) -> Dict[str, set]:
-    """``"family=cnn;norm=bn|gn"`` -> ``{"family": {"cnn"}, "norm": {"bn", "gn"}}`` (spec fields, any-of values)."""
-    out: Dict[str, set] = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        if "=" not in part:
-            raise ValueError(f"--arch-filter {text!r}: expected key=value[|value...] separated by ';'")
-        k, v = part.split("=", 1)
-        out[k.strip()] = {x.strip() for x in v.split("|")}
-    return out
+# Settings a resumed run must keep: changing any of them would silently make it another run.
+RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
+                "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "max_arch_params",
+                "pool_size", "arch_filter")
 
 
-def select_archs(archs, cfg: "TrainConfig", num_classes: int, in_channels: int, image_size: int
-                 ) -> Optional[List[int]]:
-    """Dataset indices allowed by ``arch_filter``, ``max_arch_params`` and ``pool_size`` (None: all of them)."""
-    if not (cfg.arch_filter or cfg.max_arch_params > 0 or cfg.pool_size > 0):
-        return None
-    indices: List[int] = list(range(len(archs)))
-    if cfg.arch_filter:
-        want = parse_arch_filter(cfg.arch_filter)
-        indices = [i for i in indices if all(str(archs[i].get(k)) in v for k, v in want.items())]
-        if not indices:
-            raise ValueError(f"no architecture of {cfg.archs!r} matches --arch-filter {cfg.arch_filter!r}")
-    if cfg.max_arch_params > 0:
-        from ghn.space import count_params
+@dataclass
+class TrainerState:
+    """Counters of a run, saved as ``trainer_state.json`` in every checkpoint (JSON: loading it runs no code,
+    unlike Accelerate's ``register_for_checkpointing``, which unpickles)."""
 
-        indices = [i for i in indices
-                   if count_params(archs[i], num_classes, in_channels, image_size) <= cfg.max_arch_params]
-        if not indices:
-            raise ValueError(f"no architecture of {cfg.archs!r} has <= {cfg.max_arch_params} parameters")
-    return indices[:cfg.pool_size] if cfg.pool_size > 0 else indices
+    step: int = 0
+    skipped_nan: int = 0
+    capped_archs: int = 0
+    nonfinite_archs: int = 0
+    archs_seen: int = 0
+    image_passes: int = 0
+    consecutive_skipped: int = 0
 
+    @classmethod
+    def read(cls, path: Path) -> "TrainerState":
+        d = json.loads(Path(path).read_text())
+        return cls(**{f.name: int(d[f.name]) for f in fields(cls) if f.name in d})
 
-def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
-    """A generator seeded from ``(seed, step, rank, what)`` only."""
-    h = hashlib.sha256(f"{seed}/{step}/{rank}/{what}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
 
 
-class ArchPool:
-    """Builds (and caches, LRU) the models and graphs of an architecture dataset for one image task."""
-
-    def __init__(self, archs, num_classes: int, in_channels: int, image_size: int, cache_size: int = 512,
-                 indices: Optional[List[int]] = None):
-        self.archs = archs
-        self.indices = list(range(len(archs))) if indices is None else list(indices)
-        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
-        self.cache: "OrderedDict[int, Tuple[nn.Module, ArchGraph]]" = OrderedDict()
-        self.cache_size = cache_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def get(self, i: int, device: torch.device) -> Tuple[nn.Module, ArchGraph]:
-        """Model and graph of the ``i``-th architecture of the pool (``indices[i]`` of the dataset)."""
-        if i in self.cache:
-            self.cache.move_to_end(i)
-            return self.cache[i]
-        model = self.archs.build(self.indices[i], num_classes=self.num_classes, in_channels=self.in_channels,
-                                 image_size=self.image_size)
-        x = torch.zeros(2, self.in_channels, self.image_size, self.image_size)
-        graph = ArchGraph.from_module(model, x)
-        model = model.to(device)
-        self.cache[i] = (model, graph)
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return model, graph
-
-
-class StepArchs(torch.utils.data.Dataset):
-    """Step ``s`` -> the architectures of that step for one rank: ``(models, graphs)``, on CPU.
-
-    Which architectures a step uses is a pure function of ``(seed, step, rank)``; a ``DataLoader`` over this
-    dataset with worker processes builds them ahead of the training loop (building dominates a GPU step).
-    """
-
-    def __init__(self, pool: "ArchPool", seed: int, rank: int, meta_batch: int, budget: int,
-                 max_virtual_dist: int = 0):
-        self.pool, self.seed, self.rank, self.meta_batch, self.budget = pool, seed, rank, meta_batch, budget
-        self.max_virtual_dist = max_virtual_dist
-
-    def __len__(self) -> int:
-        return 1 << 62
-
-    def __getitem__(self, step: int):
-        g = step_rng(self.seed, step, self.rank, "archs")
-        idx = torch.randint(len(self.pool), (self.meta_batch,), generator=g).tolist()
-        models, graphs = zip(*[self.pool.get(i, torch.device("cpu")) for i in idx])
-        sizes = [sum(math.prod(r.shape) for _, r in gr.param_refs()) for gr in graphs]
-        n = pack_meta_batch(sizes, self.budget)
-        for gr in graphs[:n]:
-            gr.to_pyg(self.max_virtual_dist)  # cached on the graph: the PyG export is built here, off the step
-        return list(models[:n]), list(graphs[:n])
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # many builder processes: one intra-op thread each
-
-
-class _Pickled(torch.utils.data.Dataset):
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        return pickle.dumps(self.ds[i], protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def pack_meta_batch(sizes: List[int], budget: int) -> int:
-    """How many of the sampled architectures fit the budget (at least one, so no architecture is ever dropped)."""
-    total, n = 0, 0
-    for s in sizes:
-        if n and total + s > budget:
-            break
-        total, n = total + s, n + 1
-    return n
+def resume_config(checkpoint: str, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` a checkpoint was trained with, ``overrides`` applied (e.g. more ``steps``)."""
+    ck = Path(checkpoint)
+    meta = GraphHyperNetwork.load(ck / "ghn.safetensors").extra if rundir.is_checkpoint(ck) else {}
+    stored = dict(meta.get("train_config") or {})
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in stored.items() if k in known}, "resume": checkpoint, **overrides})
 
 
 def robust_mean(losses: torch.Tensor, cap: float) -> Tuple[torch.Tensor, int, int]:
@@ -224,26 +151,6 @@ def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGr
     return torch.stack(losses), torch.stack(accs).detach()
 
 
-@torch.no_grad()
-def calibrate_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], params: Optional[Dict] = None) -> None:
-    """Re-estimate BatchNorm running statistics (cumulative average over ``batches``), no gradient steps."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x in batches:
-        if params is None:
-            model(x)
-        else:
-            torch.func.functional_call(model, params, (x,), strict=False)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was_training)
 
 
 def _load_data(cfg: TrainConfig):
@@ -254,8 +161,250 @@ def _load_data(cfg: TrainConfig):
 
 def _load_archs(cfg: TrainConfig):
     from ghn.data import ArchDataset
+    from ghn.space import check_spec
 
-    return ArchDataset(cfg.archs)
+    try:
+        archs = ArchDataset(cfg.archs)
+        if len(archs) == 0:
+            raise ValueError("it holds no architecture specs")
+        check_spec(archs[0])
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # gzip/JSON/spec errors: name the file, in one line
+        raise ValueError(f"--archs {cfg.archs}: cannot read architecture specs ({type(e).__name__}: {e})") from None
+    return archs
+
+
+class Trainer:
+    """One training run (see the module docstring). Holds the lock on ``cfg.out_dir`` until :meth:`close`."""
+
+    def __init__(self, cfg: TrainConfig, data=None, archs=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        if cfg.steps < 1:
+            raise ValueError(f"--steps {cfg.steps}: nothing to train (must be >= 1)")
+        if cfg.resume and cfg.init_from:
+            raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
+        self.cfg = cfg
+        self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                                     cpu=cfg.cpu,
+                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        self.out_dir = Path(cfg.out_dir)
+        self.log_path = self.out_dir / "log.jsonl"
+        self.resume_dir = self._resume_dir()
+        self.lock = self._lock()
+        data = data if data is not None else _load_data(cfg)
+        archs = archs if archs is not None else _load_archs(cfg)
+        self.images, self.labels = data.images, data.labels
+        c, size = int(self.images.shape[1]), int(self.images.shape[-1])
+        self.task = {"num_classes": data.num_classes, "in_channels": c, "image_size": size}
+        indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size,
+                               data.num_classes, c, size)
+        # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
+        pool = ArchPool(archs, data.num_classes, c, size, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
+        self._build_model()
+        self.state = TrainerState()
+        if self.resume_dir is not None:
+            acc.load_state(str(self.resume_dir))
+            self.state = TrainerState.read(self.resume_dir / "trainer_state.json")
+            if self.state.step >= cfg.steps:
+                raise ValueError(f"--resume {self.resume_dir}: the run is already at step {self.state.step} "
+                                 f">= --steps {cfg.steps}; raise --steps to continue it")
+        if acc.is_main_process:
+            rundir.truncate_log(self.log_path, self.state.step)  # a resume repeats the steps after the checkpoint
+        self.stream = StepArchs(pool, cfg.seed, acc.process_index, cfg.meta_batch, cfg.max_params_per_step,
+                                self.inner.config.max_virtual_dist)
+        self.bar = None
+        if cfg.progress and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+        self._rates = {"archs_s": "-", "img_s": "-"}
+        self._last = (time.perf_counter(), self.state.archs_seen, self.state.image_passes)
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def _resume_dir(self) -> Optional[Path]:
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        if cfg.resume == "latest":
+            found = rundir.latest_checkpoint(self.out_dir)
+            if found is None:
+                raise FileNotFoundError(f"--resume latest: no complete checkpoint in {self.out_dir}")
+            return found
+        rdir = Path(cfg.resume)
+        if not (rdir / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"--resume {rdir}: no trainer_state.json (not a checkpoint of train.py)")
+        self._check_resume_config(rdir)
+        return rdir
+
+    def _check_resume_config(self, rdir: Path) -> None:
+        """Refuse settings that differ from the ones the checkpoint was trained with (never silently ignored)."""
+        if not (rdir / "ghn.safetensors").is_file():
+            return
+        saved = GraphHyperNetwork.load(rdir / "ghn.safetensors")
+        stored = saved.extra.get("train_config") or {}
+        diff = [f"{k}={getattr(self.cfg, k)!r} (run: {stored[k]!r})" for k in RESUME_FIXED
+                if k in stored and stored[k] != getattr(self.cfg, k)]
+        have = asdict(saved.config)
+        diff += [f"{k}={v!r} (run: {have[k]!r})" for k, v in self.cfg.ghn.items() if k in have and have[k] != v]
+        if diff:
+            raise ValueError(f"--resume {rdir}: {', '.join(diff)} differ from the run's settings; drop these "
+                             "flags (the checkpoint's are used) or start a new run in another --out-dir")
+        if stored.get("steps") not in (None, self.cfg.steps):
+            print(f"note: --steps {self.cfg.steps} (run: {stored['steps']}): the cosine schedule is stretched "
+                  "to the new length from here on", file=sys.stderr)
+
+    def _lock(self) -> Optional[rundir.RunLock]:
+        """Lock the run directory (main process); every rank raises the same one-line error if it is taken."""
+        acc, err = self.acc, None
+        lock = None
+        if acc.is_main_process:
+            try:
+                lock = rundir.RunLock(self.out_dir).acquire()
+                if self.resume_dir is None and rundir.holds_a_run(self.out_dir):
+                    lock.release()
+                    lock = None
+                    raise rundir.RunDirError(f"{self.out_dir} already holds a run (log.jsonl / ckpt-*): pass "
+                                             "--resume latest to continue it, or choose another --out-dir")
+                rundir.remove_partial(self.out_dir)
+            except rundir.RunDirError as e:
+                err = e
+        failed = torch.tensor([0.0 if err is None else 1.0], device=acc.device)
+        if acc.gather(failed).sum() > 0:
+            raise err or rundir.RunDirError(f"{self.out_dir}: the main process could not take the run directory")
+        return lock
+
+    def _build_model(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
+        if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
+            ghn = GraphHyperNetwork(GraphHyperNetwork.load(self.resume_dir / "ghn.safetensors").config)
+        elif cfg.init_from:
+            ghn = GraphHyperNetwork.load(cfg.init_from)
+        else:
+            ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
+        opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total, warm = max(1, cfg.steps), cfg.warmup_steps
+
+        def lr_lambda(s: int) -> float:
+            if s < warm:
+                return (s + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        self.ghn, self.opt, self.sched = acc.prepare(ghn, opt, sched)
+        self.inner: GraphHyperNetwork = acc.unwrap_model(self.ghn)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def run(self, on_step: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        record: Dict[str, Any] = {}
+        self.ghn.train()
+        t_start = time.perf_counter()
+        for models, graphs in iterate_steps(self.stream, st.step, cfg.steps, cfg.workers):
+            if cfg.max_minutes > 0 and self._all_ranks(time.perf_counter() - t_start > 60 * cfg.max_minutes):
+                self.save()  # every rank stops at the same step
+                break
+            record = self.train_step(models, graphs)
+            self.log(record)
+            if on_step is not None:
+                on_step(record)
+            if st.step % cfg.ckpt_every == 0 or st.step == cfg.steps:
+                self.save()
+            if st.consecutive_skipped >= cfg.max_skipped:
+                raise FloatingPointError(
+                    f"{st.consecutive_skipped} consecutive steps had a non-finite loss or gradient (step {st.step}); "
+                    f"stopping. The last checkpoint in {self.out_dir} holds the last finite hypernetwork.")
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return record
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (so all ranks take the same branch)."""
+        t = torch.tensor([float(flag)], device=self.acc.device)
+        return bool(self.acc.gather(t).sum() > 0)
+
+    def train_step(self, models: List[nn.Module], graphs: List[ArchGraph]) -> Dict[str, Any]:
+        """One optimisation step on a meta-batch; returns its log record."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        models = [m.to(acc.device) for m in models]
+        n, world = len(models), acc.num_processes
+        bi = torch.randint(len(self.labels), (cfg.batch_size,),
+                           generator=step_rng(cfg.seed, st.step, acc.process_index, "images"))
+        x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
+        with acc.accumulate(self.ghn):
+            with acc.autocast():
+                per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, self.inner.to_pyg_batch(graphs),
+                                                 cfg.logit_norm)
+            loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
+            st.capped_archs += n_capped
+            st.nonfinite_archs += n_bad
+            skipped = self._all_ranks(not bool(torch.isfinite(loss)))  # DDP: every rank skips together
+            if not skipped:
+                acc.backward(loss)
+                if acc.sync_gradients:  # gradients are all-reduced by now: every rank decides the same
+                    gnorm = acc.clip_grad_norm_(self.ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                    skipped = gnorm is not None and not bool(torch.isfinite(torch.as_tensor(gnorm)))
+                    if skipped:
+                        self.opt.zero_grad(set_to_none=True)
+                self.opt.step()
+                self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        st.skipped_nan += int(skipped)
+        st.consecutive_skipped = st.consecutive_skipped + 1 if skipped else 0
+        st.step += 1
+        st.archs_seen += n * world
+        st.image_passes += cfg.batch_size * n * world  # one image through one network = one pass
+        means = acc.gather(torch.stack([loss.detach().float(), accs.mean()]).unsqueeze(0)).mean(0)
+        return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]),
+                "lr": float(self.sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": st.skipped_nan,
+                "capped_archs": st.capped_archs, "nonfinite_archs": st.nonfinite_archs}
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """Append every ``log_every``-th record (with throughput) to log.jsonl and update the progress bar."""
+        st = self.state
+        if st.step % self.cfg.log_every == 0 or st.step == self.cfg.steps:
+            now = time.perf_counter()
+            t0, archs0, imgs0 = self._last
+            dt = max(now - t0, 1e-9)
+            record["archs_per_s"] = (st.archs_seen - archs0) / dt
+            record["images_per_s"] = (st.image_passes - imgs0) / dt
+            self._last = (now, st.archs_seen, st.image_passes)
+            if self.acc.is_main_process:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            self._rates = {"archs_s": f"{record['archs_per_s']:.2f}", "img_s": f"{record['images_per_s']:.0f}"}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}", **self._rates)
+
+    def save(self) -> Path:
+        """Write ``ckpt-<step>/`` (everything ``--resume`` needs) and ``ghn.safetensors``; a checkpoint directory
+        is written under a ``.tmp`` name and renamed when complete, so a kill never leaves half of one."""
+        acc, st = self.acc, self.state
+        final = self.out_dir / f"ckpt-{st.step:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            st.write(tmp / "trainer_state.json")
+            extra = {"step": st.step, "dataset": self.cfg.dataset, "archs": str(self.cfg.archs), **self.task,
+                     "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")}}
+            self.inner.save(tmp / "ghn.safetensors", extra=extra)
+            rundir.publish(tmp, final)
+            self.inner.save(self.out_dir / "ghn.safetensors", extra=extra)
+        acc.wait_for_everyone()
+        return final
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[Dict[str, Any]], None]] = None
@@ -265,152 +414,8 @@ def train(cfg: TrainConfig, data=None, archs=None, on_step: Optional[Callable[[D
     ``data`` (an image dataset with ``.images/.labels/.num_classes``) and ``archs`` (an ``ArchDataset``) may be
     passed directly, e.g. by tests; otherwise they come from ``cfg.dataset`` / ``cfg.archs``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                      cpu=cfg.cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
-    data = data if data is not None else _load_data(cfg)
-    archs = archs if archs is not None else _load_archs(cfg)
-    images, labels = data.images, data.labels
-    image_size = int(images.shape[-1])
-    indices = select_archs(archs, cfg, data.num_classes, int(images.shape[1]), image_size)
-    # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
-    pool = ArchPool(archs, data.num_classes, int(images.shape[1]), image_size,
-                    cache_size=4 if cfg.workers > 0 else 256, indices=indices)
-    acc.ghn_task = {"num_classes": data.num_classes, "in_channels": int(images.shape[1]), "image_size": image_size}
-    out_dir = Path(cfg.out_dir)
-
-    torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
-    if cfg.init_from:
-        ghn = GraphHyperNetwork.load(cfg.init_from)
-    else:
-        ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
-    opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, cfg.steps)
-
-    def lr_lambda(s: int) -> float:
-        if s < cfg.warmup_steps:
-            return (s + 1) / cfg.warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    ghn, opt, sched = acc.prepare(ghn, opt, sched)
-    inner: GraphHyperNetwork = acc.unwrap_model(ghn)
-
-    state = {"step": 0, "skipped_nan": 0, "capped_archs": 0, "nonfinite_archs": 0, "archs_seen": 0,
-             "image_passes": 0}
-    if cfg.resume:
-        rdir = Path(cfg.resume)
-        if not (rdir / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"--resume {rdir}: no trainer_state.json (not a checkpoint of train.py)")
-        acc.load_state(str(rdir))
-        state.update(json.loads((rdir / "trainer_state.json").read_text()))
-
-    rank, world = acc.process_index, acc.num_processes
-    log_path = out_dir / "log.jsonl"
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress and acc.is_main_process:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", dynamic_ncols=True)
-    stream = StepArchs(pool, cfg.seed, rank, cfg.meta_batch, cfg.max_params_per_step,
-                       inner.config.max_virtual_dist)
-    if cfg.workers > 0:
-        # workers hand back pickled bytes: sharing each of the models' tensors through shared memory would cost
-        # one file descriptor per tensor and exhaust the process limit
-        loader = torch.utils.data.DataLoader(_Pickled(stream), batch_size=None, num_workers=cfg.workers,
-                                             sampler=range(state["step"], cfg.steps), prefetch_factor=4,
-                                             worker_init_fn=_one_thread)
-        arch_iter = (pickle.loads(b) for b in loader)
-    else:
-        arch_iter = (stream[s] for s in range(state["step"], cfg.steps))
-    record: Dict[str, Any] = {}
-    rates = {"archs_s": "-", "img_s": "-"}
-    t_last, archs_last, imgs_last = time.perf_counter(), state["archs_seen"], state["image_passes"]
-    ghn.train()
-    t_start = time.perf_counter()
-    while state["step"] < cfg.steps:
-        if cfg.max_minutes > 0:
-            over = torch.tensor([float(time.perf_counter() - t_start > 60 * cfg.max_minutes)], device=acc.device)
-            if acc.gather(over).sum() > 0:  # all ranks stop at the same step
-                save_checkpoint(acc, inner, state, out_dir, cfg)
-                break
-        step = state["step"]
-        models, graphs = next(arch_iter)
-        models = [m.to(acc.device) for m in models]
-        n = len(models)
-        g_img = step_rng(cfg.seed, step, rank, "images")
-        bi = torch.randint(len(labels), (cfg.batch_size,), generator=g_img)
-        x, y = images[bi].to(acc.device), labels[bi].to(acc.device)
-
-        with acc.accumulate(ghn):
-            with acc.autocast():
-                per_arch, accs = meta_batch_loss(ghn, models, graphs, x, y, inner.to_pyg_batch(graphs),
-                                                 cfg.logit_norm)
-            loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
-            state["capped_archs"] += n_capped
-            state["nonfinite_archs"] += n_bad
-            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device)
-            if acc.gather(bad).sum() > 0:  # every rank skips together, so DDP never waits on a missing backward
-                state["skipped_nan"] += 1
-                opt.zero_grad(set_to_none=True)
-            else:
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    # gradients are all-reduced by now, so every rank takes the same decision
-                    gnorm = acc.clip_grad_norm_(ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                    if gnorm is not None and not torch.isfinite(torch.as_tensor(gnorm)):
-                        state["skipped_nan"] += 1
-                        opt.zero_grad(set_to_none=True)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        acc1 = accs.mean()
-        state["step"] += 1
-        state["archs_seen"] += n * world
-        state["image_passes"] += cfg.batch_size * n * world  # one image through one network = one pass
-        losses = acc.gather(torch.stack([loss.detach().float(), acc1]).unsqueeze(0)).mean(0)
-        record = {"step": state["step"], "loss": float(losses[0]), "acc": float(losses[1]),
-                  "lr": float(sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": state["skipped_nan"],
-                  "capped_archs": state["capped_archs"], "nonfinite_archs": state["nonfinite_archs"]}
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-            now = time.perf_counter()
-            dt = max(now - t_last, 1e-9)
-            record["archs_per_s"] = (state["archs_seen"] - archs_last) / dt
-            record["images_per_s"] = (state["image_passes"] - imgs_last) / dt
-            t_last, archs_last, imgs_last = now, state["archs_seen"], state["image_passes"]
-            if acc.is_main_process:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-        if bar is not None:
-            bar.update(1)
-            if "archs_per_s" in record:
-                rates = {"archs_s": f"{record['archs_per_s']:.2f}", "img_s": f"{record['images_per_s']:.0f}"}
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}", **rates)
-        if on_step is not None:
-            on_step(record)
-        if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
-            save_checkpoint(acc, inner, state, out_dir, cfg)
-    if bar is not None:
-        bar.close()
-    acc.wait_for_everyone()
-    acc.end_training()
-    return record
-
-
-def save_checkpoint(acc, ghn: GraphHyperNetwork, state: Dict[str, Any], out_dir: Path, cfg: TrainConfig) -> Path:
-    """Write ``out_dir/ckpt-<step>/`` (full training state for ``--resume``) and ``out_dir/ghn.safetensors``."""
-    ckpt = out_dir / f"ckpt-{state['step']:07d}"
-    acc.wait_for_everyone()
-    acc.save_state(str(ckpt))
-    if acc.is_main_process:
-        (ckpt / "trainer_state.json").write_text(json.dumps(state))
-        extra = {"step": state["step"], "dataset": cfg.dataset, "archs": cfg.archs, **getattr(acc, "ghn_task", {}),
-                 "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}}
-        ghn.save(out_dir / "ghn.safetensors", extra=extra)
-        ghn.save(ckpt / "ghn.safetensors", extra=extra)
-    acc.wait_for_everyone()
-    return ckpt
+    trainer = Trainer(cfg, data, archs)
+    try:
+        return trainer.run(on_step)
+    finally:
+        trainer.close()

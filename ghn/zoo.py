@@ -90,28 +90,52 @@ def _optional(pkg: str, extra: str):
 
 @dataclass
 class ZooEntry:
-    """One model of a zoo: a display name and how to build it (a model name or a spec dict)."""
+    """One model of a zoo: a display name and how to build it (a model name or a spec dict).
+
+    ``error`` is set for an entry that could not even be read (malformed JSON, with its file and line): it is
+    reported as failed and skipped, and the rest of the zoo goes on.
+    """
 
     name: str
-    source: Union[str, Dict[str, Any]]
+    source: Union[str, Dict[str, Any], None]
+    error: Optional[str] = None
+
+
+def _spec_entry(name: str, text: str, where: str) -> ZooEntry:
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        return ZooEntry(name, None, f"{where}: malformed JSON ({e})")
+    if not isinstance(spec, dict):
+        return ZooEntry(name, None, f"{where}: a spec must be a JSON object, got {type(spec).__name__}")
+    return ZooEntry(name, spec)
 
 
 def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
     """Read a zoo: a directory of spec ``.json`` files, a text file of model names (one per line, ``#`` comments),
-    a ``.jsonl``/``.jsonl.gz`` file of specs, or an architecture split of ``ghn.data``."""
+    a ``.jsonl``/``.jsonl.gz`` file of specs, or an architecture split of ``ghn.data``. Unreadable entries come
+    back with ``error`` set (file and line), not as an exception."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:
             raise FileNotFoundError(f"zoo directory {path} holds no *.json spec files")
-        return [ZooEntry(f.stem, json.loads(f.read_text())) for f in files]
+        return [_spec_entry(f.stem, f.read_text(errors="replace"), str(f)) for f in files]
     if not path.is_file():
-        raise FileNotFoundError(f"zoo file not found: {path}")
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        from ghn.data import ArchDataset
+        from ghn.data import resolve_split_path
 
-        ds = ArchDataset(str(path))
-        return [ZooEntry(f"{path.name.split('.')[0]}-{i:05d}", ds[i]) for i in range(len(ds))]
+        resolved = Path(resolve_split_path(str(path)))  # an architecture split name (test, val, ...)
+        if not resolved.is_file():
+            raise FileNotFoundError(f"zoo file not found: {path}")
+        path = resolved
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        import gzip
+
+        opener = gzip.open if path.name.endswith(".gz") else open
+        stem = path.name.split(".")[0]
+        with opener(path, "rt", errors="replace") as f:
+            lines = [(k, line) for k, line in enumerate(f, 1) if line.strip()]
+        return [_spec_entry(f"{stem}-{i:05d}", line, f"{path}:{k}") for i, (k, line) in enumerate(lines)]
     entries = []
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -178,40 +202,73 @@ def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir:
 
         bar = tqdm(total=len(entries), desc="zoo", dynamic_ncols=True)
     x = torch.zeros(2, in_channels, image_size, image_size)
-    for start in range(0, len(entries), batch_size):
-        chunk, models, graphs = [], [], []
-        for e in entries[start:start + batch_size]:
-            try:
-                m = build_entry(e, num_classes, in_channels, image_size)
-                g = ArchGraph.from_module(m, x if _takes_images(m) else None, strict=strict)
-            except Exception as err:  # reported per model, never silently
-                summary.failed[e.name] = f"{type(err).__name__}: {err}"
-                continue
-            chunk.append(e)
-            models.append(m)
-            graphs.append(g)
-        if graphs:
-            preds = ghn(graphs)
-            for e, m, g, p in zip(chunk, models, graphs, preds):
-                rep = write_params(m, p, g)
-                rep.model = e.name
+    fail = lambda e, err: summary.failed.__setitem__(e.name, f"{type(err).__name__}: {err}")  # noqa: E731
+    try:
+        for start in range(0, len(entries), batch_size):
+            chunk, models, graphs = [], [], []
+            for e in entries[start:start + batch_size]:
+                if e.error is not None:
+                    summary.failed[e.name] = e.error
+                    continue
+                try:
+                    m = build_entry(e, num_classes, in_channels, image_size)
+                    g = ArchGraph.from_module(m, x if _takes_images(m) else None, strict=strict)
+                except Exception as err:  # reported per model, never silently
+                    fail(e, err)
+                    continue
+                chunk.append(e)
+                models.append(m)
+                graphs.append(g)
+            for i, p in _predict_each(ghn, chunk, graphs, fail):
+                e, m, g = chunk[i], models[i], graphs[i]
+                try:
+                    rep = write_params(m, p, g)
+                    rep.model = e.name
+                    if out_dir is not None:
+                        save_predicted(m, rep, Path(out_dir) / f"{e.name}.safetensors")
+                except Exception as err:  # non-finite predictions, an unwritable file: this model only
+                    fail(e, err)
+                    continue
                 summary.reports[e.name] = rep
-                if out_dir is not None:
-                    save_predicted(m, rep, Path(out_dir) / f"{e.name}.safetensors")
                 if keep_models:
                     kept[e.name] = m
+            if bar is not None:
+                bar.update(len(entries[start:start + batch_size]))
+    finally:  # summary.json is written whatever happened, with what was done
         if bar is not None:
-            bar.update(len(entries[start:start + batch_size]))
-    if bar is not None:
-        bar.close()
-    summary.seconds = time.perf_counter() - t0
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        doc = {"models": {k: {"predicted": len(r.predicted), "values": r.num_predicted_values,
-                              "tied": r.tied, "untouched": r.untouched} for k, r in summary.reports.items()},
-               "failed": summary.failed, "seconds": summary.seconds}
-        (Path(out_dir) / "summary.json").write_text(json.dumps(doc, indent=1))
+            bar.close()
+        summary.seconds = time.perf_counter() - t0
+        if out_dir is not None:
+            write_summary(summary, Path(out_dir) / "summary.json")
     return summary, kept
+
+
+def _predict_each(ghn: GraphHyperNetwork, entries: List[ZooEntry], graphs: List[ArchGraph], fail
+                  ) -> List[Tuple[int, Dict[str, torch.Tensor]]]:
+    """``(index, predictions)`` per graph: one batched pass, or graph by graph if the batch fails."""
+    if not graphs:
+        return []
+    try:
+        return list(enumerate(ghn(graphs)))
+    except Exception:  # one bad model (e.g. a tensor shape the decoder cannot emit) must not sink the batch
+        out = []
+        for i, g in enumerate(graphs):
+            try:
+                out.append((i, ghn([g])[0]))
+            except Exception as err:
+                fail(entries[i], err)
+        return out
+
+
+def write_summary(summary: ZooSummary, path: Path) -> None:
+    """``summary.json``: per model what was predicted / tied / left untouched, and every failure with its reason."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"models": {k: {"predicted": len(r.predicted), "values": r.num_predicted_values, "tied": r.tied,
+                          "untouched": r.untouched, "frozen": r.frozen} for k, r in summary.reports.items()},
+           "failed": summary.failed, "seconds": summary.seconds}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
 
 
 def _takes_images(model: nn.Module) -> bool:

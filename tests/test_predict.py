@@ -59,7 +59,7 @@ def test_zoo_cli_batches_many_models(ckpt, tmp_path):
     zoo.write_text("tiny:TinyCNN\ndensenet_tiny  # a comment\nnot_a_model\n")
     out = tmp_path / "out"
     r = run("--zoo", str(zoo), "--ckpt", str(ckpt), "--out-dir", str(out), "--batch-size", "2")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "1 of 3 zoo entries failed" in r.stderr  # the others are still written
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == {"tiny_TinyCNN", "densenet_tiny"}
     assert "not_a_model" in summary["failed"] and "unknown model" in summary["failed"]["not_a_model"]
@@ -68,12 +68,12 @@ def test_zoo_cli_batches_many_models(ckpt, tmp_path):
 
 def test_zoo_batched_equals_single(ckpt):
     ghn = GraphHyperNetwork.load(ckpt)
-    entries = [ZooEntry(f"m{i}", spec) for i, spec in enumerate(read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3])]
-    entries = [ZooEntry(e.name, e.source) for e in entries]
-    _, batched = initialize_zoo(entries, ghn, batch_size=3, num_classes=4, in_channels=1, image_size=12,
+    entries = [ZooEntry(f"m{i}", e.source) for i, e in enumerate(read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3])]
+    sb, batched = initialize_zoo(entries, ghn, batch_size=3, num_classes=4, in_channels=1, image_size=12,
+                                 progress=False, keep_models=True)
+    ss, single = initialize_zoo(entries, ghn, batch_size=1, num_classes=4, in_channels=1, image_size=12,
                                 progress=False, keep_models=True)
-    _, single = initialize_zoo(entries, ghn, batch_size=1, num_classes=4, in_channels=1, image_size=12,
-                               progress=False, keep_models=True)
+    assert sb.failed == {} and ss.failed == {} and set(batched) == set(single) == {"m0", "m1", "m2"}
     for name in batched:
         a, b = batched[name].state_dict(), single[name].state_dict()
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -28,10 +28,10 @@ def state(path):
 
 
 def test_loss_goes_down_single_process(tmp_path):
-    c = cfg(tmp_path, "a", steps=60)
+    c = cfg(tmp_path, "a", steps=100)  # the base-weight design learns the toy task slower than the legacy one
     train(c, data=ProtoData(), archs=ToyArchs())
     ls = losses(c.out_dir)
-    assert len(ls) == 60
+    assert len(ls) == 100
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
 
 
@@ -83,7 +83,7 @@ def test_meta_batch_budget_packs_but_never_drops():
 def _ddp_worker(out_dir):
     from accelerate import PartialState
 
-    c = TrainConfig(out_dir=out_dir, steps=50, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5, log_every=1,
+    c = TrainConfig(out_dir=out_dir, steps=100, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5, log_every=1,
                     ckpt_every=1000, progress=False, ghn=SMALL, cpu=True)
     train(c, data=ProtoData(), archs=ToyArchs())
     st = PartialState()
@@ -111,7 +111,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert sorted(os.listdir(out)).count("world-0.txt") == 1
     assert open(os.path.join(out, "world-1.txt")).read() == "2"
     ls = losses(out)
-    assert len(ls) == 50
+    assert len(ls) == 100
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
     GraphHyperNetwork.load(os.path.join(out, "ghn.safetensors"))
 
