@@ -32,18 +32,28 @@ def main(argv=None) -> int:
     p.add_argument("--eval", metavar="DATASET", help="also report top-1 of the predicted model (no training) on "
                    "this dataset's test split: fashion-mnist | cifar10 | cifar100")
     p.add_argument("--data-root", help="dataset folder for --eval")
+    p.add_argument("--example-shape", help="input shape for tracing, e.g. 2,3,64 (conv1d) or 2,16 (token ids for "
+                   "an embedding-first model); default: guessed from the first layer")
     p.add_argument("--inspect", action="store_true", help="print spectrum / scale / same-layer statistics of the "
                    "predicted weights against default init (ghn.inspect): degenerate predictions show up here")
     a = p.parse_args(argv)
+    for flag in ("num_classes", "in_channels", "image_size", "batch_size"):
+        v = getattr(a, flag)
+        if v is not None and v < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+    shape = _parse_shape(p, a.example_shape)
 
+    from ghn.graph import ArchGraph, UnsupportedOpError
     from ghn.hypernet import load_pretrained
-    from ghn.zoo import ZooEntry, initialize_zoo, read_zoo, save_predicted
+    from ghn.zoo import check_out_path, get_model, initialize_zoo, read_zoo, save_predicted
 
+    if a.out:
+        check_out_path(a.out)  # before any work
     ghn = load_pretrained(a.ckpt, a.device)
     task = getattr(ghn, "extra", {}) or {}
-    num_classes = a.num_classes or task.get("num_classes", 10)
-    in_channels = a.in_channels or task.get("in_channels", 3)
-    image_size = a.image_size or task.get("image_size", 32)
+    num_classes = a.num_classes if a.num_classes is not None else task.get("num_classes", 10)
+    in_channels = a.in_channels if a.in_channels is not None else task.get("in_channels", 3)
+    image_size = a.image_size if a.image_size is not None else task.get("image_size", 32)
     print(f"hypernetwork: {a.ckpt or 'shipped default'} ({ghn.num_params():,} params; trained on "
           f"{task.get('dataset', 'unknown')}); target task: {num_classes} classes, {in_channels}x{image_size}px")
 
@@ -63,14 +73,25 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.perf_counter()
-    summary, models = initialize_zoo([ZooEntry(a.model, a.model)], ghn, None, 1, num_classes, in_channels,
-                                     image_size, strict=not a.lenient, progress=False, keep_models=True)
-    if summary.failed:
-        print(f"error: {summary.failed[a.model]}", file=sys.stderr)
-        return 2
-    report = summary.reports[a.model]
-    model = models[a.model]
+    model = get_model(a.model, num_classes, in_channels, image_size)
     n_params = sum(p.numel() for p in model.parameters())
+    if n_params == 0:
+        raise ValueError(f"{a.model} has no parameters: nothing to predict")
+    x = _example(model, shape) if shape else None
+    if x is None:
+        from ghn.zoo import _takes_images
+
+        x = torch.zeros(2, in_channels, image_size, image_size) if _takes_images(model) else None
+    try:
+        graph = ArchGraph.from_module(model, x, strict=not a.lenient)
+    except (RuntimeError, TypeError, IndexError) as e:  # the forward pass itself failed on the example input
+        if isinstance(e, UnsupportedOpError):
+            raise
+        shape_txt = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "a guessed input"
+        raise ValueError(f"{a.model}: the forward pass on {shape_txt} failed ({str(e).splitlines()[0]}); "
+                         "give a fitting --example-shape") from None
+    report = ghn.initialize(model, graph=graph)
+    report.model = a.model
     print(f"{report}\n{n_params:,} parameters, predicted in {time.perf_counter() - t0:.2f}s")
     if a.inspect:
         print(_inspect(model, a.model, not a.lenient))
@@ -88,6 +109,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def _parse_shape(p, text):
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        p.error(f"--example-shape {text!r}: expected positive integers like 2,3,64")
+    return shape
+
+
+def _example(model, shape):
+    """An input of ``shape``: token ids if the model starts with an embedding, else Gaussian values."""
+    first = next((m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear,
+                                                                 torch.nn.modules.conv._ConvNd))), None)
+    if isinstance(first, torch.nn.Embedding):
+        return torch.randint(0, first.num_embeddings, shape)
+    return torch.randn(*shape)
+
+
 def _inspect(model, name: str, strict: bool):
     """Inspection of the weights now in ``model`` (predicted) against its default init."""
     from ghn.inspect import inspect_model
@@ -101,10 +143,15 @@ def _inspect(model, name: str, strict: bool):
 def cli() -> int:
     from ghn.hypernet import CheckpointError
 
+    from ghn.graph import UnsupportedOpError
+    from ghn.hypernet import NonFiniteError
+
     try:
         return main()
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:  # bad input: one clear line
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError, NonFiniteError,
+            UnsupportedOpError, ImportError) as e:  # bad input: one clear line
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
 
 

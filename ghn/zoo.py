@@ -54,11 +54,14 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size
         if prefix == "hf":
             tr = _optional("transformers", "nlp")
             return tr.AutoModelForCausalLM.from_config(tr.AutoConfig.from_pretrained(attr))
-        module = importlib.import_module(prefix)
-        obj = module
+        obj = importlib.import_module(prefix)
         for part in attr.split("."):
             obj = getattr(obj, part)
-        return _call_with_supported(obj, **kw)
+        try:
+            return _call_with_supported(obj, **kw)
+        except TypeError as e:  # e.g. required constructor arguments: a one-line error, not a traceback
+            raise ValueError(f"{name}: cannot build it with no arguments ({e}); wrap it in a factory "
+                             "function that takes num_classes/in_channels/image_size") from None
     from ghn.predefined import PREDEFINED, build_predefined
 
     key = name.lower().replace("-", "_")
@@ -76,7 +79,11 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size
             return factory(mod)
         except Exception:  # not a name of that package
             continue
-    raise KeyError(f"unknown model {name!r}; built-in: {', '.join(sorted(PREDEFINED))}; also accepted: "
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(PREDEFINED), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise KeyError(f"unknown model {name!r}; {hint}built-in: {', '.join(sorted(PREDEFINED))}; also accepted: "
                    "'module:Class', 'torchvision:NAME', 'timm:NAME', 'hf:NAME' (with the extras installed) or a "
                    "spec .json file")
 
@@ -153,15 +160,34 @@ def build_entry(entry: ZooEntry, num_classes: int, in_channels: int, image_size:
     return get_model(entry.source, num_classes, in_channels, image_size)
 
 
+def check_out_path(path: Union[str, Path]) -> Path:
+    """Refuse, before any work, an output path that is not (or cannot become) a regular file we may replace."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"--out {path} is a symbolic link; give the real path")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out {path} exists and is not a regular file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"--out {path}: {parent} is not a directory")
+    if not path.name.endswith(".safetensors"):
+        raise ValueError(f"--out {path}: expected a .safetensors file name")
+    return path
+
+
 def save_predicted(model: nn.Module, report: InitReport, path: Union[str, Path]) -> None:
-    """Write the predicted tensors of ``model`` (tied tensors once) to a safetensors file with the report."""
+    """Write the predicted tensors of ``model`` (tied tensors once) to a safetensors file with the report, through
+    a temporary file renamed into place (a crash never leaves half a file, an existing file is replaced whole)."""
     from safetensors.torch import save_file
 
+    path = check_out_path(path)
     named = dict(model.named_parameters())
     tensors = {k: named[k].detach().contiguous().cpu() for k in report.predicted if k in named}
     meta = {"predicted_by": "ghn", "tied": json.dumps(report.tied), "untouched": json.dumps(report.untouched)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), meta)
+    tmp.replace(path)
 
 
 @dataclass

@@ -251,3 +251,53 @@ def test_all_nan_run_stops_with_an_error(tmp_path):
     data.images[:] = float("nan")
     with pytest.raises(FloatingPointError, match="3 consecutive steps"):
         train(cfg(tmp_path, steps=10, max_skipped=3), data=data, archs=ToyArchs())
+
+
+# -- predict.py input ----------------------------------------------------------------------------------------------
+def _predict(capsys, *argv):
+    from predict import cli
+
+    old = sys.argv
+    sys.argv = ["predict.py", *argv]
+    try:
+        code = cli()
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--model", "resnt18"], "did you mean resnet18"),
+    (["--model", "resnet18", "--num-classes", "0"], "--num-classes must be >= 1"),
+    (["--model", "resnet18", "--image-size", "0"], "--image-size must be >= 1"),
+    (["--model", "torch.nn:Identity"], "nothing to predict"),
+    (["--model", "torch.nn:Conv1d"], "cannot build it with no arguments"),
+    (["--model", "resnet18", "--example-shape", "2,x"], "--example-shape"),
+])
+def test_predict_bad_input_is_one_line(capsys, argv, msg):
+    code, out = _predict(capsys, *argv)
+    assert code == 2 and msg in out.err and "Traceback" not in out.err
+
+
+def test_predict_out_is_checked_before_the_work(capsys, tmp_path):
+    target = tmp_path / "real.safetensors"
+    target.write_text("keep me")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    for bad, msg in ((link, "symbolic link"), (tmp_path, "not a regular file"), (tmp_path / "w.bin", ".safetensors")):
+        code, out = _predict(capsys, "--model", "resnet18", "--out", str(bad))
+        assert code == 2 and msg in out.err and "predicted" not in out.out
+    assert target.read_text() == "keep me"
+
+
+def test_predict_example_shape_for_conv1d_and_tokens(capsys, tmp_path):
+    out = tmp_path / "c.safetensors"
+    code, res = _predict(capsys, "--model", "models:Conv1dNet", "--example-shape", "2,3,32")
+    assert code == 2 and "give a fitting --example-shape" in res.err  # the shipped task has 1 channel
+    code, res = _predict(capsys, "--model", "models:Conv1dNet", "--example-shape", "2,1,32", "--out", str(out))
+    assert code == 0, res.err
+    assert load_file(str(out)) and not list(tmp_path.glob("*.tmp"))
+    code, res = _predict(capsys, "--model", "gpt_tiny", "--example-shape", "2,8")
+    assert code == 0 and "gpt_tiny: predicted" in res.out, res.err
