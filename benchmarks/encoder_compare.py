@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/encoder_compare.json")
     a = p.parse_args(argv)
 
+    from ghn.archstream import ArchPool
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
     from ghn.hypernet import GraphHyperNetwork
-    from ghn.archstream import ArchPool
     from ghn.training import TrainConfig, train
 
     data = get_dataset("fashion-mnist", train=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-
 _CTX: dict = {}
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Time to predict all parameters of ResNet-50-, ViT-B- (and on GPU GPT-2-large-) size models.
 
-On CPU, ``--large`` adds GPT-2-large and the process's peak resident memory. Reports graph-build and prediction seconds (median of --repeat runs after a warm-up), the ratio against default
+On CPU, ``--large`` adds GPT-2-large and the process's peak resident memory. Reports graph-build and prediction
+seconds (median of --repeat runs after a warm-up), the ratio against default
 PyTorch initialisation of the same model (``reset_parameters`` of every module, same run), peak GPU memory, and the
 hypernetwork's parameter count. Writes benchmarks/results/predict_speed_<device>.json.
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         model = build_predefined(name, **kw).to(a.device)
 
-        def default_init():
+        def default_init(model=model):
             for m in model.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()

@@ -80,7 +80,7 @@ def eval_design(a, ckpt: Path) -> dict:
     x = torch.zeros(2, c, s, s)
     rows = []
     for k, i in enumerate(todo):
-        def fresh():
+        def fresh(i=i):
             torch.manual_seed(i)
             return val.build(i, num_classes=10, in_channels=c, image_size=s)
 

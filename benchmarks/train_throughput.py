@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
+    from ghn.archstream import ArchPool
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
-    from ghn.archstream import ArchPool
     from ghn.training import TrainConfig, train
 
     data = get_dataset(a.dataset, train=True)

@@ -43,7 +43,8 @@ def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_
     if max_arch_params > 0:
         from ghn.space import count_params
 
-        indices = [i for i in indices if count_params(archs[i], num_classes, in_channels, image_size) <= max_arch_params]
+        size = lambda i: count_params(archs[i], num_classes, in_channels, image_size)  # noqa: E731
+        indices = [i for i in indices if size(i) <= max_arch_params]
         if not indices:
             raise ValueError(f"no architecture of {name!r} has <= {max_arch_params} parameters")
     return indices[:pool_size] if pool_size > 0 else indices

@@ -40,8 +40,8 @@ class ParamRef:
 
     ``kind`` tells the decoder what to emit: ``matrix`` (ndim >= 2 after dropping leading 1s: conv/linear weights,
     embedding tables, positional embeddings), or a vector kind: ``bias``, ``gain`` (norm scale, layer scale),
-    ``shift`` (norm bias), ``token`` (class token). ``op`` is the owning node's op type. ``tied_to`` names the canonical parameter when this use shares
-    its tensor with an earlier node; such refs are never predicted again.
+    ``shift`` (norm bias), ``token`` (class token). ``op`` is the owning node's op type. ``tied_to`` names the
+    canonical parameter when this use shares its tensor with an earlier node; such refs are never predicted again.
     """
 
     name: str

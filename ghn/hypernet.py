@@ -363,5 +363,5 @@ def count_values(params: Dict[str, Tensor]) -> int:
     return sum(t.numel() for t in {id(t): t for t in params.values()}.values())
 
 
-__all__ = ["GraphHyperNetwork", "GHNConfig", "InitReport", "CheckpointError", "NonFiniteError", "initialize", "load_pretrained",
-           "write_params", "count_values", "DEFAULT_CHECKPOINT"]
+__all__ = ["GraphHyperNetwork", "GHNConfig", "InitReport", "CheckpointError", "NonFiniteError", "initialize",
+           "load_pretrained", "write_params", "count_values", "DEFAULT_CHECKPOINT"]

@@ -114,7 +114,7 @@ METADATA_FUNCS = frozenset({
 
 
 def normalize_func_name(func: object) -> str:
-    """Return a canonical name for a torch function or tensor method (``__iadd__`` -> ``add``, ``relu_`` -> ``relu``)."""
+    """Canonical name of a torch function or tensor method (``__iadd__`` -> ``add``, ``relu_`` -> ``relu``)."""
     name = getattr(func, "__name__", None) or type(func).__name__
     if name == "__get__":  # property getters such as Tensor.T, Tensor.mT
         owner = getattr(func, "__self__", None)

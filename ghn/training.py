@@ -27,8 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ghn import rundir
-from ghn.archstream import (ArchPool, StepArchs, iterate_steps, pack_meta_batch, parse_arch_filter, select_archs,
-                             step_rng)
+from ghn.archstream import (
+    ArchPool,
+    StepArchs,
+    iterate_steps,
+    pack_meta_batch,
+    parse_arch_filter,
+    select_archs,
+    step_rng,
+)
 from ghn.graph import ArchGraph
 from ghn.hypernet import GHNConfig, GraphHyperNetwork
 

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from ghn.datasets import (CIFAR, STATS, FashionMNIST, ImageDataset, Synthetic, augment_batch, get_dataset,
-                          make_loader, read_idx)
+from ghn.datasets import (
+    CIFAR,
+    STATS,
+    FashionMNIST,
+    ImageDataset,
+    Synthetic,
+    augment_batch,
+    get_dataset,
+    make_loader,
+    read_idx,
+)
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

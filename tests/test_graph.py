@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 
+import models as M
 import networkx as nx
 import pytest
 import torch
 import torch.nn as nn
 from torch_geometric.data import Batch
 
-import models as M
 from ghn import ops as O
 from ghn.graph import NUM_NODE_FEATURES, ArchGraph, UnsupportedOpError, shortest_path_edges
 

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from tiny import TinyCNN, TinyGPT, TinyViT
 
 from ghn.decoder import DecoderShapeError, LowRankDecoder
 from ghn.graph import ArchGraph, ParamRef
 from ghn.hypernet import CheckpointError, GraphHyperNetwork, initialize
-from tiny import TinyCNN, TinyGPT, TinyViT
 
 SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
 

@@ -4,8 +4,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ghn.predefined import (ALIASES, GPT, PREDEFINED, ViT, build_predefined, densenet121, gpt2_small, gpt_tiny,
-                            mobilenet_se, mobilenet_v2, resnet18, resnet34, resnet50, vit_base, vit_small)
+from ghn.predefined import (
+    ALIASES,
+    GPT,
+    PREDEFINED,
+    ViT,
+    build_predefined,
+    densenet121,
+    gpt2_small,
+    gpt_tiny,
+    mobilenet_se,
+    mobilenet_v2,
+    resnet18,
+    resnet34,
+    resnet50,
+    vit_base,
+    vit_small,
+)
 
 VISION = ["resnet18", "resnet34", "resnet50", "densenet121", "densenet_tiny", "mobilenet_v2", "mobilenet_se",
           "vit_tiny", "vit_small"]

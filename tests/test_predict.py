@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TinyCNN
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.zoo import ZooEntry, get_model, initialize_zoo, read_zoo
-from tiny import TinyCNN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +68,8 @@ def test_zoo_cli_batches_many_models(ckpt, tmp_path):
 
 def test_zoo_batched_equals_single(ckpt):
     ghn = GraphHyperNetwork.load(ckpt)
-    entries = [ZooEntry(f"m{i}", e.source) for i, e in enumerate(read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3])]
+    specs = read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3]
+    entries = [ZooEntry(f"m{i}", e.source) for i, e in enumerate(specs)]
     sb, batched = initialize_zoo(entries, ghn, batch_size=3, num_classes=4, in_channels=1, image_size=12,
                                  progress=False, keep_models=True)
     ss, single = initialize_zoo(entries, ghn, batch_size=1, num_classes=4, in_channels=1, image_size=12,

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from tiny import ProtoData, ToyArchs
 
 from ghn import rundir
 from ghn.graph import shortest_path_edges
@@ -19,7 +20,6 @@ from ghn.hypernet import CheckpointError, GraphHyperNetwork, NonFiniteError
 from ghn.space import build_model, check_spec
 from ghn.training import TrainConfig, TrainerState, train
 from ghn.zoo import initialize_zoo, read_zoo
-from tiny import ProtoData, ToyArchs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(hidden=16, layers=1, rank=4, code_dim=16)

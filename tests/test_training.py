@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
+from tiny import ProtoData, ToyArchs
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.training import TrainConfig, pack_meta_batch, train
-from tiny import ProtoData, ToyArchs
 
 SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
 

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``ghn-predict`` (predict.py) and ``ghn-train`` (train.py)."""
