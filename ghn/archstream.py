@@ -10,7 +10,7 @@ import hashlib
 import math
 import pickle
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -97,15 +97,15 @@ class ArchPool:
 
 
 class StepArchs(torch.utils.data.Dataset):
-    """Step ``s`` -> the architectures of that step for one rank: ``(models, graphs)``, on CPU.
+    """Step ``s`` -> the architectures of that step for one rank: ``(models, graphs, PyG datas)``, on CPU.
 
     A ``DataLoader`` over this dataset with worker processes builds them ahead of the training loop.
     """
 
     def __init__(self, pool: ArchPool, seed: int, rank: int, meta_batch: int, budget: int,
-                 max_virtual_dist: int = 0):
+                 featurize: Optional[Callable[[ArchGraph], Any]] = None):
         self.pool, self.seed, self.rank, self.meta_batch, self.budget = pool, seed, rank, meta_batch, budget
-        self.max_virtual_dist = max_virtual_dist
+        self.featurize = featurize  # the hypernetwork's graph -> PyG Data (GraphHyperNetwork.featurizer)
 
     def __len__(self) -> int:
         return 1 << 62
@@ -116,9 +116,8 @@ class StepArchs(torch.utils.data.Dataset):
         models, graphs = zip(*[self.pool.get(i, torch.device("cpu")) for i in idx])
         sizes = [sum(math.prod(r.shape) for _, r in gr.param_refs()) for gr in graphs]
         n = pack_meta_batch(sizes, self.budget)
-        for gr in graphs[:n]:
-            gr.to_pyg(self.max_virtual_dist)  # cached on the graph: the PyG export is built here, off the step
-        return list(models[:n]), list(graphs[:n])
+        datas = [self.featurize(gr) for gr in graphs[:n]] if self.featurize else None  # off the step
+        return list(models[:n]), list(graphs[:n]), datas
 
 
 def _one_thread(_: int) -> None:
@@ -136,8 +135,8 @@ class _Pickled(torch.utils.data.Dataset):
         return pickle.dumps(self.ds[i], protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def iterate_steps(stream: StepArchs, start: int, stop: int, workers: int = 0) -> Iterator[Tuple[list, list]]:
-    """``(models, graphs)`` for steps ``start .. stop - 1``, built in ``workers`` processes when > 0.
+def iterate_steps(stream: StepArchs, start: int, stop: int, workers: int = 0) -> Iterator[Tuple[list, list, Any]]:
+    """``(models, graphs, datas)`` for steps ``start .. stop - 1``, built in ``workers`` processes when > 0.
 
     Workers hand back pickled bytes of objects they built themselves: sharing every tensor of the models through
     shared memory would cost one file descriptor per tensor and exhaust the process limit.

@@ -33,10 +33,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ghn.graph import ParamRef, _squeeze_shape
+from ghn.tracing import PARAM_KINDS, VECTOR_KINDS, ParamRef, squeeze_shape
 
-VECTOR_KINDS: Tuple[str, ...] = ("bias", "gain", "shift", "token")
-PARAM_KINDS: Tuple[str, ...] = ("matrix",) + VECTOR_KINDS
 MAX_KERNEL_DIMS = 3
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
 
@@ -47,7 +45,7 @@ class DecoderShapeError(ValueError):
 
 def param_shape(ref: ParamRef) -> Tuple[int, ...]:
     """The shape the decoder emits for ``ref``: leading singleton dims dropped, at most (out, in, k1, k2, k3)."""
-    shape = _squeeze_shape(ref.shape)
+    shape = squeeze_shape(ref.shape)
     if ref.kind != "matrix" and len(shape) > 1:  # a gain stored (out, 1, 1): weight_norm's g
         shape = tuple(d for d in shape if d != 1) or (1,)
     if ref.kind == "matrix" and len(shape) > 2 + MAX_KERNEL_DIMS:

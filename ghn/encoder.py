@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ghn.graph import NUM_BASE_FEATURES, NUM_NODE_FEATURES
+from ghn.features import NUM_BASE_FEATURES, NUM_NODE_FEATURES
 from ghn.ops import OP_TYPES
 
 try:  # torch_geometric is a core dependency; the import is kept local to this module
@@ -90,7 +90,7 @@ class GraphEncoder(nn.Module):
         return torch.cat(parts, 1), torch.cat(types)
 
     def forward(self, data) -> Tensor:
-        """Node embeddings ``[num_nodes, hidden]`` for a PyG ``Data`` or ``Batch`` made by ``ArchGraph.to_pyg``."""
+        """Node embeddings ``[num_nodes, hidden]`` of a PyG ``Data`` or ``Batch`` (``ghn.features.graph_data``)."""
         h = self.op_embed(data.op) + self.feat(data.x[:, :self.num_features])
         edge_index, edge_type = self.edges(data)
         for layer in self.layers:

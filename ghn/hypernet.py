@@ -9,10 +9,11 @@ the hypernetwork and plugs into ``torch.func.functional_call(model, params, x)``
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -141,11 +142,20 @@ class GraphHyperNetwork(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- prediction ------------------------------------------------------------------------------------------
-    def to_pyg_batch(self, graphs: Sequence[ArchGraph]):
-        """PyG ``Batch`` of ``graphs`` with the virtual edges this hypernetwork uses."""
+    def featurizer(self) -> Callable[[ArchGraph], Any]:
+        """``graph -> torch_geometric Data`` as this hypernetwork reads it (its virtual-edge distance); picklable,
+        so worker processes can prepare graphs ahead of a training step."""
+        from ghn.features import graph_data
+
+        return functools.partial(graph_data, max_virtual_dist=self.config.max_virtual_dist)
+
+    def to_pyg_batch(self, graphs: Sequence[ArchGraph], datas: Optional[Sequence[Any]] = None):
+        """PyG ``Batch`` of ``graphs`` (or of their already prepared ``datas``, see :meth:`featurizer`)."""
         from torch_geometric.data import Batch
 
-        return Batch.from_data_list([g.to_pyg(self.config.max_virtual_dist) for g in graphs]).to(self.device)
+        if datas is None:
+            datas = [self.featurizer()(g) for g in graphs]
+        return Batch.from_data_list(list(datas)).to(self.device)
 
     def forward(self, graphs: Sequence[ArchGraph], batch=None) -> List[Dict[str, Tensor]]:
         """Predict parameters for a batch of graphs: one ``{name: tensor}`` dict per graph.

@@ -221,7 +221,7 @@ class Trainer:
         if acc.is_main_process:
             rundir.truncate_log(self.log_path, self.state.step)  # a resume repeats the steps after the checkpoint
         self.stream = StepArchs(pool, cfg.seed, acc.process_index, cfg.meta_batch, cfg.max_params_per_step,
-                                self.inner.config.max_virtual_dist)
+                                self.inner.featurizer())
         self.bar = None
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
@@ -310,11 +310,11 @@ class Trainer:
         record: Dict[str, Any] = {}
         self.ghn.train()
         t_start = time.perf_counter()
-        for models, graphs in iterate_steps(self.stream, st.step, cfg.steps, cfg.workers):
+        for models, graphs, datas in iterate_steps(self.stream, st.step, cfg.steps, cfg.workers):
             if cfg.max_minutes > 0 and self._all_ranks(time.perf_counter() - t_start > 60 * cfg.max_minutes):
                 self.save()  # every rank stops at the same step
                 break
-            record = self.train_step(models, graphs)
+            record = self.train_step(models, graphs, datas)
             self.log(record)
             if on_step is not None:
                 on_step(record)
@@ -333,7 +333,7 @@ class Trainer:
         t = torch.tensor([float(flag)], device=self.acc.device)
         return bool(self.acc.gather(t).sum() > 0)
 
-    def train_step(self, models: List[nn.Module], graphs: List[ArchGraph]) -> Dict[str, Any]:
+    def train_step(self, models: List[nn.Module], graphs: List[ArchGraph], datas=None) -> Dict[str, Any]:
         """One optimisation step on a meta-batch; returns its log record."""
         cfg, acc, st = self.cfg, self.acc, self.state
         models = [m.to(acc.device) for m in models]
@@ -343,7 +343,7 @@ class Trainer:
         x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
         with acc.accumulate(self.ghn):
             with acc.autocast():
-                per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, self.inner.to_pyg_batch(graphs),
+                per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, self.inner.to_pyg_batch(graphs, datas),
                                                  cfg.logit_norm)
             loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
             st.capped_archs += n_capped
