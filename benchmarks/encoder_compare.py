@@ -35,12 +35,13 @@ def main(argv=None) -> int:
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
     from ghn.hypernet import GraphHyperNetwork
+    from ghn.task import Task
     from ghn.training import TrainConfig, train
 
     data = get_dataset("fashion-mnist", train=True)
     archs = ArchDataset(a.archs)
     test = ArchDataset("test")
-    pool = ArchPool(test, 10, 1, 28)
+    pool = ArchPool(test, Task(10, 1, 28))
     graphs = [pool.get(i, torch.device("cpu"))[1] for i in range(8)]
     rows = []
     for conv in ("gated", "transformer"):

@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     from ghn.archstream import ArchPool
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
+    from ghn.task import Task
     from ghn.training import TrainConfig, train
 
     data = get_dataset(a.dataset, train=True)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                    "wall_s": wall}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    pool = ArchPool(archs, data.num_classes, int(data.images.shape[1]), int(data.images.shape[-1]))
+    pool = ArchPool(archs, Task.of(data))
     base = direct_sgd_rate(pool, data, 12, max(a.meta_batch), a.batch_size, a.device, seed=0)
     print(json.dumps({"direct_sgd": base}), flush=True)
     for r in rows:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ghn.graph import ArchGraph
+from ghn.task import Task
 
 
 def parse_arch_filter(text: str) -> Dict[str, set]:
@@ -29,8 +30,8 @@ def parse_arch_filter(text: str) -> Dict[str, set]:
     return out
 
 
-def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_size: int, num_classes: int,
-                 in_channels: int, image_size: int) -> Optional[List[int]]:
+def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_size: int, task: Task
+                 ) -> Optional[List[int]]:
     """Dataset indices allowed by ``arch_filter``, ``max_arch_params`` and ``pool_size`` (None: all of them)."""
     if not (arch_filter or max_arch_params > 0 or pool_size > 0):
         return None
@@ -43,8 +44,7 @@ def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_
     if max_arch_params > 0:
         from ghn.space import count_params
 
-        size = lambda i: count_params(archs[i], num_classes, in_channels, image_size)  # noqa: E731
-        indices = [i for i in indices if size(i) <= max_arch_params]
+        indices = [i for i in indices if count_params(archs[i], **task.model_kwargs()) <= max_arch_params]
         if not indices:
             raise ValueError(f"no architecture of {name!r} has <= {max_arch_params} parameters")
     return indices[:pool_size] if pool_size > 0 else indices
@@ -69,11 +69,9 @@ def pack_meta_batch(sizes: List[int], budget: int) -> int:
 class ArchPool:
     """Builds (and caches, LRU) the models and graphs of an architecture dataset for one image task."""
 
-    def __init__(self, archs, num_classes: int, in_channels: int, image_size: int, cache_size: int = 512,
-                 indices: Optional[List[int]] = None):
-        self.archs = archs
+    def __init__(self, archs, task: Task, cache_size: int = 512, indices: Optional[List[int]] = None):
+        self.archs, self.task = archs, task
         self.indices = list(range(len(archs))) if indices is None else list(indices)
-        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.cache: "OrderedDict[int, Tuple[nn.Module, ArchGraph]]" = OrderedDict()
         self.cache_size = cache_size
 
@@ -85,10 +83,8 @@ class ArchPool:
         if i in self.cache:
             self.cache.move_to_end(i)
             return self.cache[i]
-        model = self.archs.build(self.indices[i], num_classes=self.num_classes, in_channels=self.in_channels,
-                                 image_size=self.image_size)
-        x = torch.zeros(2, self.in_channels, self.image_size, self.image_size)
-        graph = ArchGraph.from_module(model, x)
+        model = self.archs.build(self.indices[i], **self.task.model_kwargs())
+        graph = ArchGraph.from_module(model, self.task.example_input())
         model = model.to(device)
         self.cache[i] = (model, graph)
         if len(self.cache) > self.cache_size:

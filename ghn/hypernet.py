@@ -23,6 +23,7 @@ from ghn.decoder import LowRankDecoder
 from ghn.encoder import GraphEncoder
 from ghn.graph import ArchGraph
 from ghn.ops import OP_TYPES
+from ghn.task import Task
 
 FORMAT_VERSION = 1
 PathLike = Union[str, Path]
@@ -132,6 +133,11 @@ class GraphHyperNetwork(nn.Module):
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share)
+
+    @property
+    def task(self) -> Task:
+        """The task this hypernetwork was trained on (from its checkpoint; the default task when untrained)."""
+        return Task.from_dict(getattr(self, "extra", None))
 
     @property
     def device(self) -> torch.device:

@@ -38,6 +38,7 @@ from ghn.archstream import (
 )
 from ghn.graph import ArchGraph
 from ghn.hypernet import GHNConfig, GraphHyperNetwork
+from ghn.task import Task
 
 __all__ = ["TrainConfig", "TrainerState", "Trainer", "train", "resume_config", "robust_mean", "standardize_logits",
            "meta_batch_loss", "pack_meta_batch", "parse_arch_filter", "select_archs", "step_rng"]
@@ -204,12 +205,10 @@ class Trainer:
         data = data if data is not None else _load_data(cfg)
         archs = archs if archs is not None else _load_archs(cfg)
         self.images, self.labels = data.images, data.labels
-        c, size = int(self.images.shape[1]), int(self.images.shape[-1])
-        self.task = {"num_classes": data.num_classes, "in_channels": c, "image_size": size}
-        indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size,
-                               data.num_classes, c, size)
+        self.task = Task.of(data)
+        indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)
         # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
-        pool = ArchPool(archs, data.num_classes, c, size, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
+        pool = ArchPool(archs, self.task, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
         self._build_model()
         self.state = TrainerState()
         if self.resume_dir is not None:
@@ -397,7 +396,7 @@ class Trainer:
         acc.save_state(str(tmp))
         if acc.is_main_process:
             st.write(tmp / "trainer_state.json")
-            extra = {"step": st.step, "dataset": self.cfg.dataset, "archs": str(self.cfg.archs), **self.task,
+            extra = {"step": st.step, "archs": str(self.cfg.archs), **self.task.to_dict(), "dataset": self.cfg.dataset,
                      "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")}}
             self.inner.save(tmp / "ghn.safetensors", extra=extra)
             rundir.publish(tmp, final)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ghn.graph import ArchGraph
 from ghn.hypernet import GraphHyperNetwork, InitReport, write_params
+from ghn.task import Task
 
 
 def _call_with_supported(fn, **kw: Any) -> nn.Module:
@@ -151,13 +152,13 @@ def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
     return entries
 
 
-def build_entry(entry: ZooEntry, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build the module of a zoo entry."""
+def build_entry(entry: ZooEntry, task: Task) -> nn.Module:
+    """Build the module of a zoo entry for ``task``."""
     if isinstance(entry.source, dict):
         from ghn.space import build_model
 
-        return build_model(entry.source, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    return get_model(entry.source, num_classes, in_channels, image_size)
+        return build_model(entry.source, **task.model_kwargs())
+    return get_model(entry.source, **task.model_kwargs())
 
 
 def check_out_path(path: Union[str, Path]) -> Path:
@@ -210,9 +211,8 @@ class ZooSummary:
 
 @torch.no_grad()
 def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir: Optional[Union[str, Path]] = None,
-                   batch_size: int = 16, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                   strict: bool = True, progress: bool = True, keep_models: bool = False
-                   ) -> Tuple[ZooSummary, Dict[str, nn.Module]]:
+                   batch_size: int = 16, task: Optional[Task] = None, strict: bool = True, progress: bool = True,
+                   keep_models: bool = False) -> Tuple[ZooSummary, Dict[str, nn.Module]]:
     """Predict parameters for many models, ``batch_size`` graphs per hypernetwork pass.
 
     Each model's predicted tensors go to ``out_dir/<name>.safetensors`` (when given) and a ``summary.json`` lists
@@ -227,7 +227,8 @@ def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(entries), desc="zoo", dynamic_ncols=True)
-    x = torch.zeros(2, in_channels, image_size, image_size)
+    task = task or ghn.task  # the hypernetwork's own task unless told otherwise
+    x = task.example_input()
     fail = lambda e, err: summary.failed.__setitem__(e.name, f"{type(err).__name__}: {err}")  # noqa: E731
     try:
         for start in range(0, len(entries), batch_size):
@@ -237,7 +238,7 @@ def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir:
                     summary.failed[e.name] = e.error
                     continue
                 try:
-                    m = build_entry(e, num_classes, in_channels, image_size)
+                    m = build_entry(e, task)
                     g = ArchGraph.from_module(m, x if _takes_images(m) else None, strict=strict)
                 except Exception as err:  # reported per model, never silently
                     fail(e, err)

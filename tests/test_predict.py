@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tiny import TinyCNN
 
 from ghn.hypernet import GraphHyperNetwork
+from ghn.task import Task
 from ghn.zoo import ZooEntry, get_model, initialize_zoo, read_zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +71,9 @@ def test_zoo_batched_equals_single(ckpt):
     ghn = GraphHyperNetwork.load(ckpt)
     specs = read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3]
     entries = [ZooEntry(f"m{i}", e.source) for i, e in enumerate(specs)]
-    sb, batched = initialize_zoo(entries, ghn, batch_size=3, num_classes=4, in_channels=1, image_size=12,
+    sb, batched = initialize_zoo(entries, ghn, batch_size=3, task=Task(4, 1, 12),
                                  progress=False, keep_models=True)
-    ss, single = initialize_zoo(entries, ghn, batch_size=1, num_classes=4, in_channels=1, image_size=12,
+    ss, single = initialize_zoo(entries, ghn, batch_size=1, task=Task(4, 1, 12),
                                 progress=False, keep_models=True)
     assert sb.failed == {} and ss.failed == {} and set(batched) == set(single) == {"m0", "m1", "m2"}
     for name in batched:

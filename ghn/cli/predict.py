@@ -49,17 +49,15 @@ def main(argv=None) -> int:
     if a.out:
         check_out_path(a.out)  # before any work
     ghn = load_pretrained(a.ckpt, a.device)
-    task = getattr(ghn, "extra", {}) or {}
-    num_classes = a.num_classes if a.num_classes is not None else task.get("num_classes", 10)
-    in_channels = a.in_channels if a.in_channels is not None else task.get("in_channels", 3)
-    image_size = a.image_size if a.image_size is not None else task.get("image_size", 32)
+    task = ghn.task.with_overrides(num_classes=a.num_classes, in_channels=a.in_channels, image_size=a.image_size)
     print(f"hypernetwork: {a.ckpt or 'shipped default'} ({ghn.num_params():,} params; trained on "
-          f"{task.get('dataset', 'unknown')}); target task: {num_classes} classes, {in_channels}x{image_size}px")
+          f"{ghn.task.dataset or 'unknown'}); target task: {task.num_classes} classes, "
+          f"{task.in_channels}x{task.image_size}px")
 
     if a.zoo:
         entries = read_zoo(a.zoo)
-        summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, num_classes, in_channels,
-                                         image_size, strict=not a.lenient, keep_models=a.inspect)
+        summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, task, strict=not a.lenient,
+                                         keep_models=a.inspect)
         print(summary)
         if a.inspect:
             from ghn.inspect import zoo_summary
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.perf_counter()
-    model = get_model(a.model, num_classes, in_channels, image_size)
+    model = get_model(a.model, **task.model_kwargs())
     n_params = sum(p.numel() for p in model.parameters())
     if n_params == 0:
         raise ValueError(f"{a.model} has no parameters: nothing to predict")
@@ -80,7 +78,7 @@ def main(argv=None) -> int:
     if x is None:
         from ghn.zoo import _takes_images
 
-        x = torch.zeros(2, in_channels, image_size, image_size) if _takes_images(model) else None
+        x = task.example_input() if _takes_images(model) else None
     try:
         graph = ArchGraph.from_module(model, x, strict=not a.lenient)
     except (RuntimeError, TypeError, IndexError) as e:  # the forward pass itself failed on the example input
