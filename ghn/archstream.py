@@ -42,7 +42,7 @@ def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_
         if not indices:
             raise ValueError(f"no architecture of {name!r} matches --arch-filter {arch_filter!r}")
     if max_arch_params > 0:
-        from ghn.space import count_params
+        from ghn.archs.counting import count_params
 
         indices = [i for i in indices if count_params(archs[i], **task.model_kwargs()) <= max_arch_params]
         if not indices:

@@ -168,8 +168,8 @@ def _load_data(cfg: TrainConfig):
 
 
 def _load_archs(cfg: TrainConfig):
-    from ghn.data import ArchDataset
-    from ghn.space import check_spec
+    from ghn.archs.spec import check_spec
+    from ghn.archs.storage import ArchDataset
 
     try:
         archs = ArchDataset(cfg.archs)

@@ -1,8 +1,8 @@
 """The zoo: resolve model names to modules, and batch-initialize many models at once.
 
-Names resolve in this order: a spec file (``*.json``, one architecture spec of ``ghn.space``), ``module:Attr``
+Names resolve in this order: a spec file (``*.json``, one architecture spec of ``ghn.archs``), ``module:Attr``
 (import and call), ``torchvision:NAME`` / ``timm:NAME`` / ``hf:NAME`` (optional extras), a built-in name of
-``ghn.predefined`` (resnet18, resnet50, vit_small, mobilenet_v2, ... — no torchvision needed), and finally a plain
+``ghn.archs.registry`` (resnet18, resnet50, vit_small, mobilenet_v2, ... — no torchvision needed), and finally a plain
 torchvision or timm name when those packages are installed.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"spec file not found: {path}")
-        from ghn.space import build_model
+        from ghn.archs.darts import build_model
 
         return build_model(json.loads(path.read_text()), **kw)
     if ":" in name:
@@ -63,7 +63,7 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size
         except TypeError as e:  # e.g. required constructor arguments: a one-line error, not a traceback
             raise ValueError(f"{name}: cannot build it with no arguments ({e}); wrap it in a factory "
                              "function that takes num_classes/in_channels/image_size") from None
-    from ghn.predefined import PREDEFINED, build_predefined
+    from ghn.archs.registry import PREDEFINED, build_predefined
 
     key = name.lower().replace("-", "_")
     try:
@@ -121,7 +121,7 @@ def _spec_entry(name: str, text: str, where: str) -> ZooEntry:
 
 def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
     """Read a zoo: a directory of spec ``.json`` files, a text file of model names (one per line, ``#`` comments),
-    a ``.jsonl``/``.jsonl.gz`` file of specs, or an architecture split of ``ghn.data``. Unreadable entries come
+    a ``.jsonl``/``.jsonl.gz`` file of specs, or an architecture split of ``ghn.archs.storage``. Unreadable entries come
     back with ``error`` set (file and line), not as an exception."""
     path = Path(path)
     if path.is_dir():
@@ -130,7 +130,7 @@ def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
             raise FileNotFoundError(f"zoo directory {path} holds no *.json spec files")
         return [_spec_entry(f.stem, f.read_text(errors="replace"), str(f)) for f in files]
     if not path.is_file():
-        from ghn.data import resolve_split_path
+        from ghn.archs.storage import resolve_split_path
 
         resolved = Path(resolve_split_path(str(path)))  # an architecture split name (test, val, ...)
         if not resolved.is_file():
@@ -155,7 +155,7 @@ def read_zoo(path: Union[str, Path]) -> List[ZooEntry]:
 def build_entry(entry: ZooEntry, task: Task) -> nn.Module:
     """Build the module of a zoo entry for ``task``."""
     if isinstance(entry.source, dict):
-        from ghn.space import build_model
+        from ghn.archs.darts import build_model
 
         return build_model(entry.source, **task.model_kwargs())
     return get_model(entry.source, **task.model_kwargs())

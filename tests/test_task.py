@@ -1,10 +1,10 @@
 """The Task value: validation, defaults from a hypernetwork's checkpoint, and what models are built for."""
 import pytest
 import torch
+from tiny import ProtoData
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.task import Task
-from tiny import ProtoData
 
 
 def test_task_validates_and_builds_inputs():

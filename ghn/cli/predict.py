@@ -42,9 +42,8 @@ def main(argv=None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
     shape = _parse_shape(p, a.example_shape)
 
-    from ghn.graph import ArchGraph, UnsupportedOpError
     from ghn.hypernet import load_pretrained
-    from ghn.zoo import check_out_path, get_model, initialize_zoo, read_zoo, save_predicted
+    from ghn.zoo import check_out_path
 
     if a.out:
         check_out_path(a.out)  # before any work
@@ -55,39 +54,53 @@ def main(argv=None) -> int:
           f"{task.in_channels}x{task.image_size}px")
 
     if a.zoo:
-        entries = read_zoo(a.zoo)
-        summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, task, strict=not a.lenient,
-                                         keep_models=a.inspect)
-        print(summary)
-        if a.inspect:
-            from ghn.inspect import zoo_summary
+        return _run_zoo(a, ghn, task)
+    return _run_model(a, ghn, task, shape)
 
-            print(zoo_summary([_inspect(m, n, not a.lenient) for n, m in models.items()]))
-        if summary.failed:
-            print(f"error: {len(summary.failed)} of {len(entries)} zoo entries failed (listed above"
-                  f"{' and in ' + a.out_dir + '/summary.json' if a.out_dir else ''})", file=sys.stderr)
-            return 1
-        return 0
 
-    t0 = time.perf_counter()
-    model = get_model(a.model, **task.model_kwargs())
-    n_params = sum(p.numel() for p in model.parameters())
-    if n_params == 0:
-        raise ValueError(f"{a.model} has no parameters: nothing to predict")
-    x = _example(model, shape) if shape else None
-    if x is None:
-        from ghn.zoo import _takes_images
+def _run_zoo(a, ghn, task) -> int:
+    from ghn.zoo import initialize_zoo, read_zoo
 
-        x = task.example_input() if _takes_images(model) else None
+    entries = read_zoo(a.zoo)
+    summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, task, strict=not a.lenient,
+                                     keep_models=a.inspect)
+    print(summary)
+    if a.inspect:
+        from ghn.inspect import zoo_summary
+
+        print(zoo_summary([_inspect(m, n, not a.lenient) for n, m in models.items()]))
+    if summary.failed:
+        print(f"error: {len(summary.failed)} of {len(entries)} zoo entries failed (listed above"
+              f"{' and in ' + a.out_dir + '/summary.json' if a.out_dir else ''})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _trace(a, model, task, shape):
+    """The graph of ``model`` on ``--example-shape`` (or a guessed input); a failed forward pass is one line."""
+    from ghn.graph import ArchGraph, UnsupportedOpError
+    from ghn.zoo import _takes_images
+
+    x = _example(model, shape) if shape else (task.example_input() if _takes_images(model) else None)
     try:
-        graph = ArchGraph.from_module(model, x, strict=not a.lenient)
+        return ArchGraph.from_module(model, x, strict=not a.lenient)
     except (RuntimeError, TypeError, IndexError) as e:  # the forward pass itself failed on the example input
         if isinstance(e, UnsupportedOpError):
             raise
         shape_txt = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "a guessed input"
         raise ValueError(f"{a.model}: the forward pass on {shape_txt} failed ({str(e).splitlines()[0]}); "
                          "give a fitting --example-shape") from None
-    report = ghn.initialize(model, graph=graph)
+
+
+def _run_model(a, ghn, task, shape) -> int:
+    from ghn.zoo import get_model, save_predicted
+
+    t0 = time.perf_counter()
+    model = get_model(a.model, **task.model_kwargs())
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params == 0:
+        raise ValueError(f"{a.model} has no parameters: nothing to predict")
+    report = ghn.initialize(model, graph=_trace(a, model, task, shape))
     report.model = a.model
     print(f"{report}\n{n_params:,} parameters, predicted in {time.perf_counter() - t0:.2f}s")
     if a.inspect:
