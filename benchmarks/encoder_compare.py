@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def main(argv=None) -> int:
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "args": vars(a), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc, indent=1))
+    write_results(a.out, doc)
     return 0
 
 

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 _CTX: dict = {}
 
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
     out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{a.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_results(out, doc)
     print(json.dumps(summary, indent=1))
     return 0
 

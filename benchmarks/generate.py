@@ -9,7 +9,6 @@ Also times the pieces of one draw (sample + validate + analytic parameter count)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -18,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
+
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def run(n: int = 20_000, workers: int = 2, seed: int = 0) -> Dict[str, Any]:
@@ -80,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"ArchDataset random access {res['dataset_random_access_us']} us")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    write_results(out, res)
     print(f"wrote {out}")
     return 0
 

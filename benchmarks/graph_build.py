@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import datetime
 import io
-import json
 import os
 import platform
 import pstats
@@ -30,6 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from ghn.graph import ArchGraph, default_example_input  # noqa: E402
 from ghn.predefined import build_predefined  # noqa: E402
 
@@ -146,7 +147,7 @@ def main() -> None:
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_results(args.out, out)
     print(f"\nResNet-50 on CPU vs the {TARGET_MS:.0f} ms target: "
           + "; ".join(f"{k}: {v['graph_ms']:.1f} ms" for k, v in verdict.items()))
     print(f"wrote {args.out}")

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def timed(fn, repeat, sync):
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
            "ghn_config": ghn.config.__dict__, "rows": rows}
     out = Path(f"benchmarks/results/predict_speed_{'gpu' if cuda else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_results(out, doc)
     return 0
 
 

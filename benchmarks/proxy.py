@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,13 +147,10 @@ def main(argv=None) -> int:
                                         else train_design(a, ghn_over))
     t_train = time.perf_counter() - t0
     res = eval_design(a, ckpt)
-    doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "name": a.name,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": a.threads},
-           "torch": torch.__version__, "args": vars(a), "ghn": ghn_over, "train_seconds": t_train,
+    doc = {"name": a.name, "args": vars(a), "ghn": ghn_over, "train_seconds": t_train,
            "eval_seconds": time.perf_counter() - t0 - t_train, **res}
     out = Path(a.out or ROOT / "benchmarks" / "results" / "proxy" / f"{a.name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_results(out, doc)
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     pc = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     print(f"| {a.name} | {a.steps} | {pc(res['acc_pred'])} / {pc(res['acc_default'])} | "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from ghn.graph import ArchGraph  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_coverage.json"
@@ -142,7 +143,7 @@ def main() -> None:
                  "whose aux-head parameters are reported as unused.",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_results(args.out, out)
     for r in aux:
         if r["coverage"] is not None:
             print(f"note: {r['model']} with aux heads: {100 * r['coverage']:.1f}% "

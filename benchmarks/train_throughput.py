@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def direct_sgd_rate(pool, data, steps: int, meta_batch: int, batch_size: int, device: str, seed: int) -> dict:
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "args": vars(a), "direct_sgd": base, "rows": rows}
     out = Path(a.out or f"benchmarks/results/train_throughput_{'cpu' if cpu else 'gpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_results(out, doc)
     return 0
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from tiny import TinyCNN, TinyGPT, TinyViT
+from models import TinyCNN, TinyGPT, TinyViT
 
 from ghn.decoder import DecoderShapeError, LowRankDecoder
 from ghn.graph import ArchGraph, ParamRef

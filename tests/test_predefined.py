@@ -172,4 +172,16 @@ def test_graph_tracing_smoke():
               gpt_tiny(tie_embeddings=False)]
     for model in models:
         graph = ArchGraph.from_module(model)
-        assert len(graph.nodes) > 5
+        cov = graph.coverage()
+        assert cov.fraction == 1.0 and not cov.unsupported and not cov.unused, cov
+        n_params = sum(1 for _ in model.parameters())
+        assert len(graph.param_refs()) + len([k for k in cov.tied if ":" not in k]) == n_params
+        ops = graph.op_counts()
+        assert ops["input"] == 1 and ops["output"] == 1
+        # every node feeds the output (no dangling pieces; position tables may be roots of their own)
+        import networkx as nx
+
+        g = graph.to_networkx()
+        out = len(graph.nodes) - 1
+        assert nx.is_directed_acyclic_graph(g) and graph.nodes[out].op == "output"
+        assert set(nx.ancestors(g, out)) | {out} == set(g.nodes)

@@ -1,12 +1,10 @@
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from models import TinyCNN
 from safetensors.torch import load_file
-from tiny import TinyCNN
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.task import Task
@@ -16,23 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "ghn.safetensors"
-    GraphHyperNetwork(hidden=32, layers=2, rank=8, code_dim=32).save(
-        path, extra={"dataset": "synthetic", "num_classes": 4, "in_channels": 1, "image_size": 12})
-    return path
+def ckpt(small_ckpt):
+    return small_ckpt
 
 
-def run(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+@pytest.fixture
+def run(predict_cli):
+    return predict_cli
 
 
-def test_predict_cli_writes_loadable_weights(ckpt, tmp_path):
+def test_predict_cli_writes_loadable_weights(run, ckpt, tmp_path):
     out = tmp_path / "w.safetensors"
-    r = run("--model", "tiny:TinyCNN", "--ckpt", str(ckpt), "--out", str(out))
+    r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "predicted" in r.stdout and "4 classes" in r.stdout  # task defaults come from the checkpoint
     weights = load_file(str(out))
@@ -43,7 +36,7 @@ def test_predict_cli_writes_loadable_weights(ckpt, tmp_path):
     torch.testing.assert_close(weights["fc.weight"], ref["fc.weight"].detach())
 
 
-def test_predict_cli_builtin_name_and_errors(ckpt, tmp_path):
+def test_predict_cli_builtin_name_and_errors(run, ckpt, tmp_path):
     r = run("--model", "resnet18", "--ckpt", str(ckpt), "--num-classes", "3", "--image-size", "16")
     assert r.returncode == 0, r.stderr
     assert "resnet18: predicted 62 parameter tensors" in r.stdout
@@ -55,14 +48,14 @@ def test_predict_cli_builtin_name_and_errors(ckpt, tmp_path):
     assert r.returncode != 0 and "CheckpointError" in r.stderr
 
 
-def test_zoo_cli_batches_many_models(ckpt, tmp_path):
+def test_zoo_cli_batches_many_models(run, ckpt, tmp_path):
     zoo = tmp_path / "zoo.txt"
-    zoo.write_text("tiny:TinyCNN\ndensenet_tiny  # a comment\nnot_a_model\n")
+    zoo.write_text("models:TinyCNN\ndensenet_tiny  # a comment\nnot_a_model\n")
     out = tmp_path / "out"
     r = run("--zoo", str(zoo), "--ckpt", str(ckpt), "--out-dir", str(out), "--batch-size", "2")
     assert r.returncode == 1 and "1 of 3 zoo entries failed" in r.stderr  # the others are still written
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["models"]) == {"tiny_TinyCNN", "densenet_tiny"}
+    assert set(summary["models"]) == {"models_TinyCNN", "densenet_tiny"}
     assert "not_a_model" in summary["failed"] and "unknown model" in summary["failed"]["not_a_model"]
     assert (out / "densenet_tiny.safetensors").is_file()
 
@@ -91,8 +84,8 @@ def test_get_model_spec_json_and_missing_file(tmp_path):
         get_model(str(tmp_path / "nope.json"))
 
 
-def test_predict_cli_inspect_reports_spectrum(ckpt):
-    r = run("--model", "tiny:TinyCNN", "--ckpt", str(ckpt), "--inspect")
+def test_predict_cli_inspect_reports_spectrum(run, ckpt):
+    r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--inspect")
     assert r.returncode == 0, r.stderr
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("tiny:TinyCNN:") and " | " in ln)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("models:TinyCNN:") and " | " in ln)
     assert "effective rank / default" in line and "top-sigma energy" in line and "degenerate:" in line

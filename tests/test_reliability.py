@@ -4,15 +4,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import torch.nn as nn
+from models import ProtoData, ToyArchs
 from safetensors.torch import load_file, save_file
-from tiny import ProtoData, ToyArchs
 
 from ghn import rundir
 from ghn.graph import shortest_path_edges
@@ -135,13 +133,12 @@ def test_nan_predictions_are_refused_and_nothing_is_written():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_predict_cli_refuses_nan_predictions(tmp_path):
+def test_predict_cli_refuses_nan_predictions(predict_cli, tmp_path):
     ck = tmp_path / "nan.safetensors"
     nan_ghn().save(ck)
     out = tmp_path / "w.safetensors"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--model", "resnet18", "--ckpt", str(ck),
-                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "non-finite" in r.stderr and not out.exists()
+    r = predict_cli("--model", "resnet18", "--ckpt", str(ck), "--out", str(out))
+    assert r.returncode == 2 and "non-finite" in r.stderr and not out.exists()
 
 
 # -- zoo -----------------------------------------------------------------------------------------------------------
@@ -233,15 +230,13 @@ def test_train_cli_resume_uses_the_runs_settings(tmp_path):
     (["--archs", "{empty}"], "holds no architecture specs"),
     (["--resume", "latest"], "no complete checkpoint"),
 ])
-def test_train_cli_errors_are_one_line(tmp_path, argv, msg):
+def test_train_cli_errors_are_one_line(train_cli, tmp_path, argv, msg):
     corrupt = tmp_path / "bad.jsonl.gz"
     corrupt.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     argv = [a.format(corrupt=corrupt, empty=empty) for a in argv]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--out-dir", str(tmp_path / "o"),
-                        "--cpu", "--no-progress", "--dataset", "synthetic", *argv], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = train_cli("--out-dir", tmp_path / "o", "--cpu", "--no-progress", "--dataset", "synthetic", *argv)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and msg in lines[-1] and "Traceback" not in r.stderr
@@ -255,20 +250,6 @@ def test_all_nan_run_stops_with_an_error(tmp_path):
 
 
 # -- predict.py input ----------------------------------------------------------------------------------------------
-def _predict(capsys, *argv):
-    from predict import cli
-
-    old = sys.argv
-    sys.argv = ["predict.py", *argv]
-    try:
-        code = cli()
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr()
-
-
 @pytest.mark.parametrize("argv,msg", [
     (["--model", "resnt18"], "did you mean resnet18"),
     (["--model", "resnet18", "--num-classes", "0"], "--num-classes must be >= 1"),
@@ -277,28 +258,28 @@ def _predict(capsys, *argv):
     (["--model", "torch.nn:Conv1d"], "cannot build it with no arguments"),
     (["--model", "resnet18", "--example-shape", "2,x"], "--example-shape"),
 ])
-def test_predict_bad_input_is_one_line(capsys, argv, msg):
-    code, out = _predict(capsys, *argv)
-    assert code == 2 and msg in out.err and "Traceback" not in out.err
+def test_predict_bad_input_is_one_line(predict_cli, argv, msg):
+    r = predict_cli(*argv)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
 
 
-def test_predict_out_is_checked_before_the_work(capsys, tmp_path):
+def test_predict_out_is_checked_before_the_work(predict_cli, tmp_path):
     target = tmp_path / "real.safetensors"
     target.write_text("keep me")
     link = tmp_path / "link.safetensors"
     link.symlink_to(target)
     for bad, msg in ((link, "symbolic link"), (tmp_path, "not a regular file"), (tmp_path / "w.bin", ".safetensors")):
-        code, out = _predict(capsys, "--model", "resnet18", "--out", str(bad))
-        assert code == 2 and msg in out.err and "predicted" not in out.out
+        r = predict_cli("--model", "resnet18", "--out", str(bad))
+        assert r.returncode == 2 and msg in r.stderr and "predicted" not in r.stdout
     assert target.read_text() == "keep me"
 
 
-def test_predict_example_shape_for_conv1d_and_tokens(capsys, tmp_path):
+def test_predict_example_shape_for_conv1d_and_tokens(predict_cli, tmp_path):
     out = tmp_path / "c.safetensors"
-    code, res = _predict(capsys, "--model", "models:Conv1dNet", "--example-shape", "2,3,32")
-    assert code == 2 and "give a fitting --example-shape" in res.err  # the shipped task has 1 channel
-    code, res = _predict(capsys, "--model", "models:Conv1dNet", "--example-shape", "2,1,32", "--out", str(out))
-    assert code == 0, res.err
+    r = predict_cli("--model", "models:Conv1dNet", "--example-shape", "2,3,32")
+    assert r.returncode == 2 and "give a fitting --example-shape" in r.stderr  # the shipped task has 1 channel
+    r = predict_cli("--model", "models:Conv1dNet", "--example-shape", "2,1,32", "--out", str(out))
+    assert r.returncode == 0, r.stderr
     assert load_file(str(out)) and not list(tmp_path.glob("*.tmp"))
-    code, res = _predict(capsys, "--model", "gpt_tiny", "--example-shape", "2,8")
-    assert code == 0 and "gpt_tiny: predicted" in res.out, res.err
+    r = predict_cli("--model", "gpt_tiny", "--example-shape", "2,8")
+    assert r.returncode == 0 and "gpt_tiny: predicted" in r.stdout, r.stderr

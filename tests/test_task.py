@@ -1,7 +1,7 @@
 """The Task value: validation, defaults from a hypernetwork's checkpoint, and what models are built for."""
 import pytest
 import torch
-from tiny import ProtoData
+from models import ProtoData
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.task import Task

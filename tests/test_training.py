@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from tiny import ProtoData, ToyArchs
+from models import ProtoData, ToyArchs
 
 from ghn.hypernet import GraphHyperNetwork
 from ghn.training import TrainConfig, pack_meta_batch, train
@@ -91,6 +91,7 @@ def _ddp_worker(out_dir):
         f.write(str(st.num_processes))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     # a fresh interpreter: forking gloo workers from a pytest process whose torch threads already ran can hang
     import subprocess
