@@ -65,7 +65,25 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--compare", metavar="REV", help="run the same config on git revision REV and on the working "
+                   "tree, interleaved, and print the archs/s ratio (see benchmarks/_compare.py)")
+    p.add_argument("--layout", default="1x2", help="--compare: PROCSxTHREADS of the working tree (e.g. 2x1)")
+    p.add_argument("--base-layout", default="1x2", help="--compare: PROCSxTHREADS of REV")
+    p.add_argument("--rounds", type=int, default=2, help="--compare: interleaved rounds")
+    p.add_argument("--max-arch-params", type=int, default=500_000)
+    p.add_argument("--base-ghn", default="{}", help="--compare: hypernetwork config overrides for REV (JSON)")
+    p.add_argument("--new-ghn", default="", help="--compare: ... for the working tree (default: --base-ghn)")
+    p.add_argument("--new-extra", default="{}", help="--compare: extra TrainConfig fields for the working tree")
     a = p.parse_args(argv)
+    if a.compare:
+        from _compare import compare
+
+        res = compare(a.compare, a)
+        print(f"archs/s: {a.compare} ({a.base_layout}) {res['archs_per_s']['base']:.2f}, working tree "
+              f"({a.layout}) {res['archs_per_s']['new']:.2f}: ratio {res['ratio']:.2f}x; max |loss diff| over "
+              f"the steps {res['max_loss_diff']:.2e}")
+        write_results(a.out or "benchmarks/results/train_throughput_compare.json", {"args": vars(a), **res})
+        return 0
 
     from ghn.archstream import ArchPool
     from ghn.data import ArchDataset

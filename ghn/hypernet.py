@@ -171,7 +171,10 @@ class GraphHyperNetwork(nn.Module):
         """
         if batch is None:
             batch = self.to_pyg_batch(graphs)
-        h = self.encoder(batch)
+        return self.decode(graphs, batch, self.encoder(batch))
+
+    def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
+        """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
         node_idx, refs, owner = [], [], []
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
