@@ -1,0 +1,174 @@
+"""Pictures of training runs and evaluations (matplotlib, an optional extra: ``pip install -e .[plot]``).
+
+    python -m ghn.plot curve runs/campaign/log.jsonl --out docs/img/curve.png        # loss / acc vs step and hours
+    python -m ghn.plot scatter benchmarks/results/eval_fashion-mnist_test.json --out docs/img/scatter.png
+    python -m ghn.plot families benchmarks/results/eval_fashion-mnist_test.json --out docs/img/families.png
+
+``curve`` reads a ``log.jsonl`` of ``train.py`` (CPU-hours from the logged archs/s); ``scatter`` and ``families``
+read the per-architecture rows that ``benchmarks/eval.py`` and ``benchmarks/proxy.py`` write (``acc_pred``,
+``acc_default``, optional fine-tuned ``*_pred`` / ``*_default`` pairs, the spec's family and norm).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("matplotlib is not installed: pip install -e .[plot]") from None
+    return plt
+
+
+def read_log(path: str) -> List[Dict[str, Any]]:
+    """Records of a ``log.jsonl`` (a torn last line is skipped), in step order, one per step."""
+    recs: Dict[int, Dict[str, Any]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        recs[int(r["step"])] = r
+    if not recs:
+        raise ValueError(f"{path}: no log records")
+    return [recs[k] for k in sorted(recs)]
+
+
+def cpu_hours(recs: Sequence[Dict[str, Any]], procs: int = 1) -> List[float]:
+    """Cumulative CPU-hours at each record, from the logged ``archs_per_s`` (wall time of each logged interval
+    times the processes that ran it)."""
+    out, t, prev = [], 0.0, 0
+    for r in recs:
+        rate = r.get("archs_per_s") or 0.0
+        if rate > 0:
+            t += (r["step"] - prev) * r.get("archs_per_step", 1) * procs / rate / 3600
+        prev = r["step"]
+        out.append(t)
+    return out
+
+
+def _smooth(v: Sequence[float], k: int) -> List[float]:
+    return [statistics.mean(v[max(0, i - k + 1):i + 1]) for i in range(len(v))]
+
+
+def plot_curve(log: str, out: str, smooth: int = 20) -> str:
+    """Training loss and accuracy against step and against CPU-hours."""
+    plt = _plt()
+    recs = read_log(log)
+    steps = [r["step"] for r in recs]
+    hours = cpu_hours(recs)
+    fig, ax = plt.subplots(2, 2, figsize=(10, 6), sharey="row")
+    for col, (x, label) in enumerate(((steps, "step"), (hours, "CPU-hours"))):
+        ax[0, col].plot(x, _smooth([r["loss"] for r in recs], smooth), lw=1)
+        ax[1, col].plot(x, _smooth([100 * r["acc"] for r in recs], smooth), lw=1, color="tab:green")
+        ax[1, col].set_xlabel(label)
+    ax[0, 0].set_ylabel("training loss")
+    ax[1, 0].set_ylabel("training top-1 (%)")
+    fig.suptitle(f"{Path(log).parent.name}: {steps[-1]} steps, {hours[-1]:.2f} CPU-hours (moving mean of {smooth})")
+    return _save(fig, out)
+
+
+def _rows(path: str) -> List[Dict[str, Any]]:
+    doc = json.loads(Path(path).read_text())
+    rows = doc["rows"] if isinstance(doc, dict) else doc
+    if not rows:
+        raise ValueError(f"{path}: no per-architecture rows")
+    return rows
+
+
+def _family(r: Dict[str, Any]) -> str:
+    spec = r.get("spec") or {}
+    fam = r.get("family") or spec.get("family", "?")
+    norm = r.get("norm") or spec.get("norm")
+    return f"{fam}/{norm}" if norm else str(fam)
+
+
+def _pairs(rows: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """(label, predicted key, default key) for no training and each fine-tuning budget present."""
+    out = [("no training", "acc_pred", "acc_default")]
+    keys = {k[:-len("_pred")] for r in rows for k in r if k.endswith("_pred") and k != "acc_pred"}
+    for k in sorted(keys):
+        if all(f"{k}_default" in r for r in rows if f"{k}_pred" in r):
+            out.append((k.replace("ft", "fine-tuned ").strip(), f"{k}_pred", f"{k}_default"))
+    return out
+
+
+def plot_scatter(results: str, out: str) -> str:
+    """Predicted vs default-init top-1 per architecture: no training, and after each fine-tuning budget."""
+    plt = _plt()
+    rows = _rows(results)
+    pairs = _pairs(rows)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4.2), squeeze=False)
+    fams = sorted({_family(r) for r in rows})
+    for ax, (label, kp, kd) in zip(axes[0], pairs):
+        for f in fams:
+            pts = [(100 * r[kd], 100 * r[kp]) for r in rows if _family(r) == f and kp in r and r[kp] is not None]
+            if pts:
+                ax.scatter(*zip(*pts), s=14, label=f, alpha=0.8)
+        ax.plot([0, 100], [0, 100], color="gray", lw=0.8, ls="--")
+        wins = sum(r[kp] >= r[kd] for r in rows if kp in r and r[kp] is not None)
+        n = sum(1 for r in rows if kp in r and r[kp] is not None)
+        ax.set_title(f"{label}: predicted >= default on {wins}/{n}")
+        ax.set_xlabel("default init top-1 (%)")
+        ax.set_ylabel("predicted init top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_families(results: str, out: str) -> str:
+    """Mean top-1 per family (and norm), predicted vs default, with no training."""
+    plt = _plt()
+    rows = _rows(results)
+    fams = sorted({_family(r) for r in rows})
+    mean = lambda f, k: 100 * statistics.mean(r[k] for r in rows if _family(r) == f)  # noqa: E731
+    xs = range(len(fams))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(fams)), 4))
+    ax.bar([x - 0.2 for x in xs], [mean(f, "acc_pred") for f in fams], 0.4, label="predicted")
+    ax.bar([x + 0.2 for x in xs], [mean(f, "acc_default") for f in fams], 0.4, label="default init")
+    ax.set_xticks(list(xs), [f"{f}\n(n={sum(_family(r) == f for r in rows)})" for f in fams], fontsize=8)
+    ax.set_ylabel("top-1 with no training (%)")
+    ax.legend()
+    return _save(fig, out)
+
+
+def _save(fig, out: str) -> str:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ghn.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("curve", "scatter", "families"))
+    p.add_argument("input", help="log.jsonl (curve) or a results .json with per-architecture rows")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--smooth", type=int, default=20, help="curve: moving-mean window in logged records")
+    a = p.parse_args(argv)
+    try:
+        if a.kind == "curve":
+            path = plot_curve(a.input, a.out, a.smooth)
+        else:
+            path = (plot_scatter if a.kind == "scatter" else plot_families)(a.input, a.out)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""ghn.plot on a tiny log and a tiny results file (matplotlib is a test dependency)."""
+import json
+
+import pytest
+
+from ghn.plot import cpu_hours, main, read_log
+
+
+def test_plots_from_a_tiny_log_and_results(tmp_path):
+    log = tmp_path / "log.jsonl"
+    recs = [{"step": s, "loss": 2.3 - 0.01 * s, "acc": 0.1 + 0.002 * s, "archs_per_step": 4, "archs_per_s": 2.0}
+            for s in range(10, 110, 10)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs) + json.dumps(recs[3]) + "\n{torn")
+    got = read_log(str(log))
+    assert [r["step"] for r in got] == list(range(10, 110, 10))  # repeated step once, torn line dropped
+    assert cpu_hours(got)[-1] == pytest.approx(100 * 4 / 2.0 / 3600)
+    res = tmp_path / "eval.json"
+    rows = [{"family": f, "norm": "bn", "acc_pred": 0.1 * i, "acc_default": 0.1, "ft_pred": 0.5, "ft_default": 0.4}
+            for i, f in enumerate(["cnn", "cnn", "vit"])]
+    res.write_text(json.dumps({"rows": rows}))
+    for kind, inp in (("curve", log), ("scatter", res), ("families", res)):
+        out = tmp_path / f"{kind}.png"
+        assert main([kind, str(inp), "--out", str(out)]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["curve", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
