@@ -199,7 +199,15 @@ class GraphHyperNetwork(nn.Module):
     @torch.no_grad()
     def initialize(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
                    strict: bool = True) -> InitReport:
-        """Copy predicted tensors into ``model``'s own parameters (in place, no attribute surgery)."""
+        """Copy predicted tensors into ``model``'s own parameters (in place, no attribute surgery).
+
+        A model built on the ``meta`` device is materialised instead, one tensor group at a time on this
+        hypernetwork's device (:func:`ghn.streaming.materialize`: peak memory is the model plus one group).
+        """
+        from ghn.streaming import is_meta, materialize
+
+        if is_meta(model):
+            return materialize(self, model, example_input, device=self.device, strict=strict)
         graph = graph or ArchGraph.from_module(model, example_input, strict=strict)
         was_training = self.training
         self.eval()

@@ -192,3 +192,21 @@ def test_recurrent(hyper, cls):
     assert r["weight_ih_l0"].fan_in == 4 and r["weight_hh_l1"].fan_in == 8 and r["bias_ih_l0"].kind == "bias"
     hyper.initialize(m, graph=g)
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_meta_model_is_materialised_group_by_group(hyper):
+    from ghn.predefined import gpt_tiny
+    from ghn.streaming import materialize
+
+    torch.manual_seed(0)
+    real = gpt_tiny()
+    with torch.device("meta"):
+        meta = gpt_tiny()
+    idx = torch.randint(0, 100, (2, 8))
+    expected = hyper.predict_params(real, idx)
+    rep = materialize(hyper, meta, idx.to("meta"), budget=5000)  # many small groups
+    assert rep.num_predicted_values == sum(p.numel() for p in real.parameters())
+    for name, p in meta.named_parameters():
+        assert p.device.type == "cpu" and torch.allclose(p, expected[name], atol=1e-6), name
+    assert meta.lm_head.weight is meta.tok_emb.weight  # tied stays tied
+    assert all(v == "buffer: still on the meta device" for v in rep.untouched.values())
