@@ -5,6 +5,8 @@ import pytest
 
 from ghn.plot import cpu_hours, main, read_log
 
+pytest.importorskip("matplotlib")  # the optional `plot` extra (installed by CI through `.[test]`)
+
 
 def test_plots_from_a_tiny_log_and_results(tmp_path):
     log = tmp_path / "log.jsonl"
