@@ -1,13 +1,7 @@
 #!/usr/bin/env python
-"""Train or fine-tune a graph hypernetwork (Hugging Face Accelerate).
+"""Train or fine-tune a graph hypernetwork: ``python train.py --help``.
 
-    python train.py --dataset fashion-mnist --archs train --steps 2000 --out-dir runs/fmnist
-    accelerate launch --multi_gpu --num_processes 4 train.py ...        # DDP
-    python train.py --out-dir runs/fmnist --resume latest                # continue exactly (settings from the run)
-    python train.py --init-from ghn/pretrained/ghn-fmnist.safetensors --dataset cifar10 --data-root ~/cifar
-
-A resumed run takes its settings and hypernetwork config from the checkpoint; flags given again must agree with
-them (``--steps``, ``--max-minutes``, ``--workers``, logging and checkpoint intervals may change).
+The code is ``ghn/cli/train.py`` (also the ``ghn-train`` command).
 """
 import sys
 
