@@ -6,12 +6,12 @@ images, tiny CNNs and a ViT) and inspects what it predicts for a deeper unseen C
 """
 import pytest
 import torch
+from models import TinyCNN, ToyArchs
 
 from ghn.datasets import get_dataset
 from ghn.hypernet import GraphHyperNetwork
 from ghn.inspect import MAX_ROLE_COS, MIN_RANK_RATIO, inspect_model
 from ghn.training import TrainConfig, train
-from models import TinyCNN, ToyArchs
 
 
 @pytest.fixture(scope="module")
