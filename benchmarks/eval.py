@@ -38,15 +38,17 @@ def _setup(a) -> None:
     test = get_dataset(a.dataset, a.data_root, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
     _CTX.update(a=a, ghn=load_pretrained(a.ckpt, a.device), train=get_dataset(a.dataset, a.data_root, train=True),
-                test=test, archs=ArchDataset(a.split))
+                test=test, archs={sp: ArchDataset(sp) for sp in a.split})
 
 
-def _eval_arch(i: int) -> dict:
+def _eval_arch(item) -> dict:
     from ghn.evaluation import evaluate_init, finetune
 
-    a, ghn, train, test, archs = (_CTX[k] for k in ("a", "ghn", "train", "test", "archs"))
+    split, i = item
+    a, ghn, train, test = (_CTX[k] for k in ("a", "ghn", "train", "test"))
+    archs = _CTX["archs"][split]
     c, s, dev = train.in_channels, train.image_size, a.device
-    row = {"index": i, "spec": archs[i]}
+    row = {"split": split, "index": i, "spec": archs[i]}
 
     def fresh():
         torch.manual_seed(a.seed + i)  # the default init of this architecture, identical for every variant
@@ -61,14 +63,16 @@ def _eval_arch(i: int) -> dict:
     state_pred = {k: v.clone() for k, v in pred.state_dict().items()}
     row["acc_pred"] = evaluate_init(pred, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
     row["acc_default"] = evaluate_init(fresh(), train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
-    for e in a.epochs:
+    budgets = [(f"ft{e:g}", dict(epochs=e)) for e in a.epochs] + \
+        [(f"ft{n}s", dict(epochs=1e9, max_steps=n)) for n in a.steps]  # --steps: a fixed SGD step budget
+    for key, kw in budgets:
         m = fresh().to(dev)
         m.load_state_dict(state_pred)
-        finetune(m, train, epochs=e, lr=a.lr, seed=a.seed, device=dev)
-        row[f"ft{e:g}_pred"] = evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
+        finetune(m, train, lr=a.lr, seed=a.seed, device=dev, **kw)
+        row[f"{key}_pred"] = evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
         m = fresh()
-        finetune(m, train, epochs=e, lr=a.lr, seed=a.seed, device=dev)
-        row[f"ft{e:g}_default"] = evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
+        finetune(m, train, lr=a.lr, seed=a.seed, device=dev, **kw)
+        row[f"{key}_default"] = evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}),
           flush=True)
     return row
@@ -79,14 +83,16 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", default=None, help="hypernetwork checkpoint; default: the shipped one")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="test", help="architecture split (data/<split>.jsonl.gz)")
-    p.add_argument("--n", type=int, default=20, help="first N architectures of the split")
+    p.add_argument("--split", nargs="+", default=["test"], help="architecture splits (data/<split>.jsonl.gz); "
+                   "'predefined' holds the built-in resnet18, resnet50, mobilenet_v2 and vit_small")
+    p.add_argument("--n", type=int, default=20, help="first N architectures of each split")
     p.add_argument("--max-params", type=float, default=0,
                    help="> 0: only architectures up to this many parameters (a CPU budget; reported)")
     p.add_argument("--calib-batches", type=int, default=20,
                    help="BatchNorm calibration batches (128 images), before every evaluation incl. after fine-tuning")
     p.add_argument("--indices", type=int, nargs="*", default=None, help="evaluate exactly these architectures")
     p.add_argument("--epochs", type=float, nargs="*", default=[1.0], help="fine-tuning budgets (epochs)")
+    p.add_argument("--steps", type=int, nargs="*", default=[], help="fine-tuning budgets in SGD steps (e.g. 100)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--test-n", type=int, default=10000, help="test images used (first N)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,15 +103,18 @@ def main(argv=None) -> int:
 
     from ghn.data import ArchDataset
 
-    archs = ArchDataset(a.split)
-    todo = list(range(len(archs)))
-    if a.max_params > 0:
-        from ghn.datasets import get_dataset
-        from ghn.space import count_params
+    todo = []
+    for sp in a.split:
+        archs = ArchDataset(sp)
+        idx = list(range(len(archs)))
+        if a.max_params > 0 and sp != "predefined":  # the built-in models are evaluated whatever their size
+            from ghn.datasets import get_dataset
+            from ghn.space import count_params
 
-        d = get_dataset(a.dataset, a.data_root, train=False)
-        todo = [i for i in todo if count_params(archs[i], d.num_classes, d.in_channels, d.image_size) <= a.max_params]
-    todo = todo[:a.n] if a.indices is None else list(a.indices)
+            d = get_dataset(a.dataset, a.data_root, train=False)
+            idx = [i for i in idx if count_params(archs[i], d.num_classes, d.in_channels, d.image_size) <= a.max_params]
+        idx = idx[:a.n] if a.indices is None else list(a.indices)
+        todo += [(sp, i) for i in idx]
     t0 = time.perf_counter()
     if a.procs > 1:
         import multiprocessing as mp
@@ -127,20 +136,22 @@ def main(argv=None) -> int:
                "acc_pred_max": max(r["acc_pred"] for r in rows)}
     kinds: dict = {}
     for r in rows:  # e.g. "cnn/bn", "vit/layer": where predictions work and where they do not
-        kinds.setdefault(f"{r['spec'].get('family')}/{r['spec'].get('norm')}", []).append(r)
+        kinds.setdefault(f"{r['spec'].get('family')}/{r['spec'].get('norm', r['spec'].get('name'))}", []).append(r)
     summary["by_kind"] = {k: {"n": len(v), "acc_pred_mean": statistics.mean(r["acc_pred"] for r in v),
                               "acc_default_mean": statistics.mean(r["acc_default"] for r in v)}
                           for k, v in sorted(kinds.items())}
-    for e in a.epochs:
-        summary[f"ft{e:g}_pred_mean"] = mean(f"ft{e:g}_pred")
-        summary[f"ft{e:g}_default_mean"] = mean(f"ft{e:g}_default")
-        summary[f"ft{e:g}_pred_wins"] = sum(r[f"ft{e:g}_pred"] > r[f"ft{e:g}_default"] for r in rows) / len(rows)
+    for key in [f"ft{e:g}" for e in a.epochs] + [f"ft{n}s" for n in a.steps]:
+        summary[f"{key}_pred_mean"] = mean(f"{key}_pred")
+        summary[f"{key}_default_mean"] = mean(f"{key}_default")
+        summary[f"{key}_pred_wins"] = sum(r[f"{key}_pred"] > r[f"{key}_default"] for r in rows) / len(rows)
+        # do no harm: predicted at least default - 0.5 points
+        summary[f"{key}_no_harm"] = sum(r[f"{key}_pred"] >= r[f"{key}_default"] - 0.005 for r in rows) / len(rows)
     doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "procs": a.procs,
                        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
            "torch": torch.__version__, "args": vars(a), "ckpt_extra": ckpt_extra,
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
-    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{a.split}.json")
+    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, doc)
     print(json.dumps(summary, indent=1))
