@@ -392,8 +392,11 @@ class Trainer:
         acc, st = self.acc, self.state
         final = self.out_dir / f"ckpt-{st.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
-        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()  # the directory exists before any rank writes its RNG state into it
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank has written before the directory is published
         if acc.is_main_process:
             st.write(tmp / "trainer_state.json")
             extra = {"step": st.step, "archs": str(self.cfg.archs), **self.task.to_dict(), "dataset": self.cfg.dataset,

@@ -84,7 +84,8 @@ def _ddp_worker(out_dir):
     from accelerate import PartialState
 
     c = TrainConfig(out_dir=out_dir, steps=100, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5, log_every=1,
-                    ckpt_every=1000, progress=False, ghn=SMALL, cpu=True)
+                    ckpt_every=25, progress=False, ghn=SMALL, cpu=True)  # mid-run checkpoints: every rank
+    # writes its RNG state into the same directory before it is published
     train(c, data=ProtoData(), archs=ToyArchs())
     st = PartialState()
     with open(os.path.join(out_dir, f"world-{st.process_index}.txt"), "w") as f:
@@ -115,6 +116,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(ls) == 100
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
     GraphHyperNetwork.load(os.path.join(out, "ghn.safetensors"))
+    for step in (25, 50, 75, 100):
+        ck = os.path.join(out, f"ckpt-{step:07d}")
+        assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= set(os.listdir(ck))
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
 
 def test_robust_mean_caps_exploding_architectures_and_drops_nonfinite():
