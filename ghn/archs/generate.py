@@ -128,8 +128,7 @@ def generate(split: str, n: int, seed: int = 0, out: Optional[PathLike] = None, 
     if n < 0:
         raise ValueError("n must be >= 0")
     excl = {_key(h) for h in exclude}
-    rejected: Counter = Counter()
-    families: Counter = Counter()
+    rejected, families = Counter(), Counter()
     lines: List[bytes] = []
     writer = _SplitWriter(out) if out is not None else None
     kept = draws = 0
