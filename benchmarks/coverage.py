@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from _results import write_results  # noqa: E402
 
+MAX_PARAMS = 50_000_000
 SMALL = {"hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "intermediate_size": 128,
          "ffn_dim": 128, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "d_ff": 128, "n_inner": 128,
          "num_hidden_layers": 2, "num_layers": 2, "n_layer": 2, "n_layers": 2, "encoder_layers": 2,
@@ -123,6 +124,10 @@ def transformers_models(n: int):
         def build(t=t):
             cfg = CONFIG_MAPPING[t]()
             _shrink(cfg)
+            with torch.device("meta"):  # size check first: a config the shrinking missed must not eat the RAM
+                n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+            if n > MAX_PARAMS:
+                raise MemoryError(f"{n / 1e6:.0f}M parameters after shrinking (limit {MAX_PARAMS / 1e6:.0f}M)")
             model = AutoModel.from_config(cfg)
             return model, _inputs(model, cfg)
         yield f"hf:{t}", build
