@@ -36,6 +36,9 @@ from torch import Tensor
 from ghn.tracing import PARAM_KINDS, VECTOR_KINDS, ParamRef, squeeze_shape
 
 MAX_KERNEL_DIMS = 3
+# (centre, half-width) of bounded vector predictions: unbounded ones drifted far from any default init in training
+# (class biases of +-6, MLP biases of +-2.6, the same in every layer) and made fine-tuning from them slow.
+VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "token": (0.0, 1.0)}
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
 
 
@@ -74,12 +77,13 @@ class LowRankDecoder(nn.Module):
     """Decodes context vectors into weights of arbitrary shape (see module docstring)."""
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
-                 code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9):
+                 code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9,
+                 bounded_vectors: bool = True):
         super().__init__()
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
-        self.base, self.orth = base, orth
+        self.base, self.orth, self.bounded_vectors = base, orth, bounded_vectors
         self.max_angle = math.asin(math.sqrt(max_pred_share))
         ctx = 2 * hidden
         self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
@@ -174,6 +178,8 @@ class LowRankDecoder(nn.Module):
         k = VECTOR_KINDS.index(kind)
         m = self.head_vec(c).view(c.shape[0], len(VECTOR_KINDS), self.code_dim)[:, k]
         v = m @ self.index_code(n).t()  # [g, n]
+        if self.bounded_vectors:  # by construction within the range of a default init (VECTOR_BOUNDS)
+            return VECTOR_BOUNDS[kind][0] + VECTOR_BOUNDS[kind][1] * torch.tanh(v)
         return 1.0 + v if kind == "gain" else v
 
 

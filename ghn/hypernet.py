@@ -56,6 +56,7 @@ class GHNConfig:
     base: bool = True             # deterministic full-rank Gaussian base under every predicted matrix
     orth: bool = False            # flat spectrum of the predicted low-rank part
     max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
+    bounded_vectors: bool = True  # biases/shifts in +-0.1, gains in 1 +- 0.25, tokens in +-1 (tanh-bounded)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -86,7 +87,8 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
-LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0}
+LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
+                                 "bounded_vectors": False}
 
 
 @dataclass
@@ -132,7 +134,7 @@ class GraphHyperNetwork(nn.Module):
         c = self.config
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
-                                      c.max_pred_share)
+                                      c.max_pred_share, c.bounded_vectors)
 
     @property
     def task(self) -> Task:

@@ -183,3 +183,27 @@ def test_initialize_with_explicit_checkpoint_path(tmp_path):
     rep = initialize(model, torch.randn(2, 1, 12, 12), ghn=path)
     assert len(rep.predicted) == len(list(model.parameters()))
     assert not torch.equal(model.stem.weight, before)
+
+
+def test_vector_predictions_are_bounded_by_construction():
+    from ghn.decoder import VECTOR_BOUNDS
+
+    torch.manual_seed(0)
+    g = GraphHyperNetwork(hidden=16, layers=1, rank=4, code_dim=16)
+    with torch.no_grad():
+        g.decoder.head_vec.weight.mul_(1e4)  # as if training had pushed the vector head far out
+        g.decoder.head_vec.bias.normal_(0, 100)
+    model = TinyViT()
+    graph = ArchGraph.from_module(model, torch.zeros(2, 1, 12, 12))
+    preds = g([graph])[0]
+    kinds = {r.name: r.kind for _, r in graph.param_refs()}
+    seen = set()
+    for name, kind in kinds.items():
+        if kind != "matrix":
+            c, w = VECTOR_BOUNDS[kind]
+            assert (preds[name] - c).abs().max() <= w + 1e-6, name
+            seen.add(kind)
+    assert {"bias", "gain", "shift"} <= seen
+    legacy = GraphHyperNetwork(hidden=16, layers=1, rank=4, code_dim=16, bounded_vectors=False)
+    legacy.load_state_dict(g.state_dict())
+    assert max(legacy([graph])[0]["head.bias"].abs()) > 1.0  # the unbounded decoder does drift
