@@ -51,8 +51,7 @@ class GHNConfig:
     conv: str = "gated"
     code_seed: int = 0
     pos_features: bool = True     # sinusoidal depth-from-input / depth-to-output node features
-    # Defaults for fresh runs are provisional until the proxy protocol (benchmarks/proxy.py) has compared them:
-    # on a toy task, orth=True or max_pred_share=0.5 learned slower than the original design (docs/DESIGN.md).
+    # Fresh-run defaults: the design measured by the proxy protocol (benchmarks/proxy.py, docs/BENCHMARKS.md).
     base: bool = True             # deterministic full-rank Gaussian base under every predicted matrix
     orth: bool = False            # flat spectrum of the predicted low-rank part
     max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
