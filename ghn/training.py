@@ -159,8 +159,6 @@ def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGr
     return torch.stack(losses), torch.stack(accs).detach()
 
 
-
-
 def _load_data(cfg: TrainConfig):
     from ghn.datasets import get_dataset
 
@@ -195,13 +193,21 @@ class Trainer:
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg
-        self.acc = acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                     cpu=cfg.cpu,
-                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                               cpu=cfg.cpu, kwargs_handlers=[ddp])
         self.out_dir = Path(cfg.out_dir)
         self.log_path = self.out_dir / "log.jsonl"
         self.resume_dir = self._resume_dir()
-        self.lock = self._lock()
+        self.lock, self.bar = self._lock(), None
+        try:
+            self._setup(data, archs)
+        except BaseException:
+            self.close()  # a failed set-up releases the run directory at once
+            raise
+
+    def _setup(self, data, archs) -> None:
+        cfg, acc = self.cfg, self.acc
         data = data if data is not None else _load_data(cfg)
         archs = archs if archs is not None else _load_archs(cfg)
         self.images, self.labels = data.images, data.labels
@@ -221,7 +227,6 @@ class Trainer:
             rundir.truncate_log(self.log_path, self.state.step)  # a resume repeats the steps after the checkpoint
         self.stream = StepArchs(pool, cfg.seed, acc.process_index, cfg.meta_batch, cfg.max_params_per_step,
                                 self.inner.featurizer())
-        self.bar = None
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
 

@@ -189,6 +189,7 @@ def test_new_run_over_an_old_one_is_refused_and_resume_latest_continues(tmp_path
         train(cfg(tmp_path, steps=6), data=ProtoData(), archs=ToyArchs())
     with pytest.raises(ValueError, match="already at step 4"):
         train(cfg(tmp_path, steps=4, resume="latest"), data=ProtoData(), archs=ToyArchs())
+    rundir.RunLock(tmp_path / "run").acquire().release()  # a failed set-up released the directory
     train(cfg(tmp_path, steps=6, resume="latest"), data=ProtoData(), archs=ToyArchs())
     assert TrainerState.read(rundir.latest_checkpoint(tmp_path / "run") / "trainer_state.json").step == 6
 
