@@ -282,7 +282,7 @@ def tensors_digest(state: Dict[str, Tensor]) -> str:
     for k in sorted(state):
         t = state[k].detach().contiguous().cpu()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
