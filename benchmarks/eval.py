@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -146,13 +143,10 @@ def main(argv=None) -> int:
         summary[f"{key}_pred_wins"] = sum(r[f"{key}_pred"] > r[f"{key}_default"] for r in rows) / len(rows)
         # do no harm: predicted at least default - 0.5 points
         summary[f"{key}_no_harm"] = sum(r[f"{key}_pred"] >= r[f"{key}_default"] - 0.005 for r in rows) / len(rows)
-    doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "procs": a.procs,
-                       "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-           "torch": torch.__version__, "args": vars(a), "ckpt_extra": ckpt_extra,
+    doc = {"procs": a.procs, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "args": vars(a), "ckpt_extra": ckpt_extra,
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
     out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, doc)
     print(json.dumps(summary, indent=1))
     return 0

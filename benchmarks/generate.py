@@ -80,7 +80,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"one draw+validate: {res['draw_validate_us_single_core']} us; {res['draws_per_accepted']} draws/accepted; "
           f"ArchDataset random access {res['dataset_random_access_us']} us")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, res)
     print(f"wrote {out}")
     return 0

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import io
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -134,19 +132,13 @@ def main() -> None:
     verdict = {r["model"]: {"graph_ms": r["graph_ms_median"], "under_target": r["graph_ms_median"] < TARGET_MS}
                for r in r50}
     out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(),
-                    "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
-                    "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()]},
-        "torch": torch.__version__,
+        "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
+        "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "repeat": args.repeat,
         "target_ms": TARGET_MS,
         "resnet50_cpu_vs_target": verdict,
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_results(args.out, out)
     print(f"\nResNet-50 on CPU vs the {TARGET_MS:.0f} ms target: "
           + "; ".join(f"{k}: {v['graph_ms']:.1f} ms" for k, v in verdict.items()))

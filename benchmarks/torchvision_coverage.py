@@ -19,9 +19,7 @@ inference architecture) and the aux-head variant is traced as well and recorded 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 import traceback
@@ -127,10 +125,6 @@ def main() -> None:
                for r in records if r["coverage"] is not None and r["coverage"] < 1.0}
     summary = f"{len(full)}/{len(records)} models at 100% coverage"
     out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version()},
-        "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "summary": summary,
         "not_full": partial,
@@ -142,7 +136,6 @@ def main() -> None:
                  "training mode and the graph is traced in eval mode. aux_variants holds the default construction, "
                  "whose aux-head parameters are reported as unused.",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_results(args.out, out)
     for r in aux:
         if r["coverage"] is not None:
