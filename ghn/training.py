@@ -236,25 +236,23 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _resume_dir(self) -> Optional[Path]:
+        """The checkpoint to resume (``latest`` resolved), its hypernetwork loaded once into ``self._saved``."""
         cfg = self.cfg
+        self._saved: Optional[GraphHyperNetwork] = None
         if not cfg.resume:
             return None
-        if cfg.resume == "latest":
-            found = rundir.latest_checkpoint(self.out_dir)
-            if found is None:
-                raise FileNotFoundError(f"--resume latest: no complete checkpoint in {self.out_dir}")
-            return found
-        rdir = Path(cfg.resume)
-        if not (rdir / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"--resume {rdir}: no trainer_state.json (not a checkpoint of train.py)")
-        self._check_resume_config(rdir)
+        rdir = rundir.latest_checkpoint(self.out_dir) if cfg.resume == "latest" else Path(cfg.resume)
+        if rdir is None:
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint in {self.out_dir}")
+        if not rundir.is_checkpoint(rdir):
+            raise FileNotFoundError(f"--resume {rdir}: no trainer_state.json and ghn.safetensors (not a checkpoint "
+                                    "of train.py)")
+        self._saved = GraphHyperNetwork.load(rdir / "ghn.safetensors")
+        self._check_resume_config(rdir, self._saved)
         return rdir
 
-    def _check_resume_config(self, rdir: Path) -> None:
+    def _check_resume_config(self, rdir: Path, saved: GraphHyperNetwork) -> None:
         """Refuse settings that differ from the ones the checkpoint was trained with (never silently ignored)."""
-        if not (rdir / "ghn.safetensors").is_file():
-            return
-        saved = GraphHyperNetwork.load(rdir / "ghn.safetensors")
         stored = saved.extra.get("train_config") or {}
         diff = [f"{k}={getattr(self.cfg, k)!r} (run: {stored[k]!r})" for k in RESUME_FIXED
                 if k in stored and stored[k] != getattr(self.cfg, k)]
@@ -291,7 +289,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
         if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
-            ghn = GraphHyperNetwork(GraphHyperNetwork.load(self.resume_dir / "ghn.safetensors").config)
+            ghn = GraphHyperNetwork(self._saved.config)
         elif cfg.init_from:
             ghn = GraphHyperNetwork.load(cfg.init_from)
         else:

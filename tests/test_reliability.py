@@ -211,6 +211,8 @@ def test_resume_takes_the_hypernetwork_config_and_refuses_conflicts(tmp_path):
     ck = str(tmp_path / "run" / "ckpt-0000002")
     with pytest.raises(ValueError, match=r"lr=0.001 \(run: 0.003\)"):
         train(cfg(tmp_path, steps=3, ghn={}, resume=ck), data=ProtoData(), archs=ToyArchs())
+    with pytest.raises(ValueError, match=r"lr=0.001 \(run: 0.003\)"):  # also when "latest" is resolved here
+        train(cfg(tmp_path, steps=3, ghn={}, resume="latest"), data=ProtoData(), archs=ToyArchs())
     with pytest.raises(ValueError, match=r"hidden=32"):
         train(cfg(tmp_path, steps=3, ghn={"hidden": 32}, resume=ck, lr=3e-3), data=ProtoData(), archs=ToyArchs())
     train(cfg(tmp_path, steps=3, ghn={}, resume=ck, lr=3e-3), data=ProtoData(), archs=ToyArchs())  # no --hidden
