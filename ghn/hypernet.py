@@ -161,7 +161,8 @@ class GraphHyperNetwork(nn.Module):
         from torch_geometric.data import Batch
 
         if datas is None:
-            datas = [self.featurizer()(g) for g in graphs]
+            featurize = self.featurizer()
+            datas = [featurize(g) for g in graphs]
         return Batch.from_data_list(list(datas)).to(self.device)
 
     def forward(self, graphs: Sequence[ArchGraph], batch=None) -> List[Dict[str, Tensor]]:
