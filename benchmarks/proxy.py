@@ -54,7 +54,8 @@ def train_design(a, ghn_over: dict) -> Path:
         shutil.rmtree(out)
     cfg = TrainConfig(dataset="fashion-mnist", archs=a.archs, out_dir=str(out), steps=a.steps, meta_batch=4,
                       batch_size=32, lr=a.lr, warmup_steps=50, max_arch_params=a.max_arch_params,
-                      pool_size=a.pool_size, logit_norm=a.logit_norm, ckpt_every=max(1, a.steps // 4),
+                      pool_size=a.pool_size, logit_norm=a.logit_norm,
+                      arch_grad_norm=a.arch_grad_norm, ckpt_every=max(1, a.steps // 4),
                       log_every=25, seed=0, cpu=True, resume=str(resume) if resume else None, ghn=ghn_over,
                       progress=not os.environ.get("CI"))
     train(cfg)
@@ -124,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-arch-params", type=int, default=500_000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--logit-norm", type=float, default=0.0)
+    p.add_argument("--arch-grad-norm", action="store_true", help="unit-norm gradient per architecture (training)")
     p.add_argument("--n", type=int, default=48, help="val architectures evaluated with no training")
     p.add_argument("--ft-n", type=int, default=4, help="of which fine-tuned (100 steps of a 300k DARTS CNN at batch "
                    "128 take about 4 min on 2 cores)")

@@ -40,6 +40,7 @@ MAX_KERNEL_DIMS = 3
 # (class biases of +-6, MLP biases of +-2.6, the same in every layer) and made fine-tuning from them slow.
 VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "token": (0.0, 1.0)}
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
+BASE_KINDS = ("gaussian", "identity")
 
 
 class DecoderShapeError(ValueError):
@@ -78,12 +79,14 @@ class LowRankDecoder(nn.Module):
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
                  code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9,
-                 bounded_vectors: bool = True):
+                 bounded_vectors: bool = True, base_kind: str = "gaussian"):
         super().__init__()
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
+        if base_kind not in BASE_KINDS:
+            raise ValueError(f"base_kind must be one of {BASE_KINDS}, got {base_kind!r}")
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
-        self.base, self.orth, self.bounded_vectors = base, orth, bounded_vectors
+        self.base, self.orth, self.bounded_vectors, self.base_kind = base, orth, bounded_vectors, base_kind
         self.max_angle = math.asin(math.sqrt(max_pred_share))
         ctx = 2 * hidden
         self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
@@ -169,7 +172,11 @@ class LowRankDecoder(nn.Module):
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
-            w = torch.cos(t) * base_weights(refs, w.shape[1:], w.device, w.dtype) + torch.sin(t) * w
+            if self.base_kind == "identity":
+                z = identity_base(n_out, n_in, kernel, w.device, w.dtype).reshape(1, *w.shape[1:])
+            else:
+                z = base_weights(refs, w.shape[1:], w.device, w.dtype)
+            w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
@@ -230,3 +237,18 @@ def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype) 
     zs = [torch.randn(*shape, generator=torch.Generator().manual_seed(_base_seed(r))) for r in refs]
     z = torch.stack(zs).to(device=device, dtype=dtype)
     return z / _rms(z)
+
+
+def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype) -> Tensor:
+    """[n_out, n_in, prod(kernel)] channel-preserving base at unit RMS: output o reads input ``o mod n_in`` (or,
+    when narrower, the sum of the inputs ``i`` with ``i mod n_out == o``) through the kernel's centre tap."""
+    kp = math.prod(kernel) if kernel else 1
+    centre = 0
+    for k in kernel:
+        centre = centre * k + (k - 1) // 2
+    o = torch.arange(n_out, device=device)[:, None]
+    i = torch.arange(n_in, device=device)[None, :]
+    hit = (i == o % n_in) if n_out >= n_in else (o == i % n_out)
+    z = torch.zeros(n_out, n_in, kp, device=device, dtype=dtype)
+    z[..., centre] = hit.to(dtype)
+    return z / _rms(z[None])[0]

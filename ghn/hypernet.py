@@ -56,6 +56,8 @@ class GHNConfig:
     orth: bool = False            # flat spectrum of the predicted low-rank part
     max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
     bounded_vectors: bool = True  # biases/shifts in +-0.1, gains in 1 +- 0.25, tokens in +-1 (tanh-bounded)
+    base_kind: str = "gaussian"   # "gaussian": seeded by parameter name; "identity": channel-preserving, the same
+                                  # for every architecture (consistent channel meaning; docs/DESIGN.md)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -87,7 +89,7 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
-                                 "bounded_vectors": False}
+                                 "bounded_vectors": False, "base_kind": "gaussian"}
 
 
 @dataclass
@@ -133,7 +135,7 @@ class GraphHyperNetwork(nn.Module):
         c = self.config
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
-                                      c.max_pred_share, c.bounded_vectors)
+                                      c.max_pred_share, c.bounded_vectors, c.base_kind)
 
     @property
     def task(self) -> Task:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 CKPT_GLOB = "ckpt-[0-9][0-9][0-9][0-9][0-9][0-9][0-9]"
 
@@ -97,3 +97,13 @@ def publish(tmp_dir: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     tmp_dir.replace(final)
+
+
+def prune(out_dir: Path, keep: int) -> List[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (``keep <= 0``: keep all); returns the deleted ones."""
+    if keep <= 0:
+        return []
+    ckpts = [p for p in sorted(Path(out_dir).glob(CKPT_GLOB)) if is_checkpoint(p)]
+    for p in ckpts[:-keep]:
+        shutil.rmtree(p)
+    return ckpts[:-keep]

@@ -64,11 +64,13 @@ class TrainConfig:
     max_params_per_step: int = 20_000_000  # memory budget: predicted values per meta-batch (never drops an arch)
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
     logit_norm: float = 0.0           # > 0: train on per-sample standardised logits times this (scale-free loss)
+    arch_grad_norm: bool = False      # each architecture's gradient (w.r.t. its predicted tensors) scaled to unit norm
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
     arch_filter: str = ""             # e.g. "norm=bn" or "family=cnn;norm=bn|gn": spec fields that must match
     ckpt_every: int = 500
+    keep_checkpoints: int = 0         # > 0: keep only the newest N checkpoint directories (0: keep all)
     log_every: int = 10
     seed: int = 0
     resume: Optional[str] = None      # a checkpoint directory written by this trainer
@@ -82,8 +84,8 @@ class TrainConfig:
 
 # Settings a resumed run must keep: changing any of them would silently make it another run.
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
-                "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "max_arch_params",
-                "pool_size", "arch_filter")
+                "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
+                "max_arch_params", "pool_size", "arch_filter")
 
 
 @dataclass
@@ -149,14 +151,45 @@ def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGr
     classifier towards constant outputs no longer lowers it, the shortcut that stalls training at chance level.
     """
     preds = ghn(graphs, batch)
-    losses, accs = [], []
+    out = [_arch_loss(model, params, x, y, logit_norm) for model, params in zip(models, preds)]
+    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]).detach()
+
+
+def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               logit_norm: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.func.functional_call(model, params, (x,), strict=False).float()
+    if logit_norm > 0:
+        logits = standardize_logits(logits, logit_norm)
+    return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().mean()
+
+
+def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.Module], x: torch.Tensor,
+                          y: torch.Tensor, logit_norm: float = 0.0):
+    """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
+
+    Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
+    split a 15-cell or norm-free network has a 5-10x larger gradient than a 5-cell BN one, and its (noisy) direction
+    drowns every other architecture's. Returns ``(losses [n], accs [n], tensors, grads)``; backpropagate into the
+    hypernetwork with ``torch.autograd.backward(tensors, grads)``. Each target network's graph is freed after its
+    own backward, so peak memory is one target network instead of the meta-batch. Non-finite losses give no
+    gradient.
+    """
+    losses, accs, tensors, grads = [], [], [], []
     for model, params in zip(models, preds):
-        logits = torch.func.functional_call(model, params, (x,), strict=False).float()
-        if logit_norm > 0:
-            logits = standardize_logits(logits, logit_norm)
-        losses.append(F.cross_entropy(logits, y))
-        accs.append((logits.argmax(-1) == y).float().mean())
-    return torch.stack(losses), torch.stack(accs).detach()
+        uniq = {id(t): t for t in params.values()}  # tied aliases share one tensor
+        leaf = {i: t.detach().requires_grad_() for i, t in uniq.items()}
+        loss, acc = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm)
+        losses.append(loss.detach())
+        accs.append(acc)
+        if not bool(torch.isfinite(loss)):
+            continue
+        gs = torch.autograd.grad(loss, list(leaf.values()))
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in gs))
+        if not bool(torch.isfinite(norm)):
+            continue
+        tensors += list(uniq.values())
+        grads += [g / (norm + 1e-12) / len(models) for g in gs]
+    return torch.stack(losses), torch.stack(accs), tensors, grads
 
 
 def _load_data(cfg: TrainConfig):
@@ -190,6 +223,8 @@ class Trainer:
 
         if cfg.steps < 1:
             raise ValueError(f"--steps {cfg.steps}: nothing to train (must be >= 1)")
+        if cfg.arch_grad_norm and cfg.mixed_precision == "fp16":
+            raise ValueError("--arch-grad-norm does not support fp16 loss scaling; use --mixed-precision bf16 or no")
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg
@@ -344,15 +379,25 @@ class Trainer:
                            generator=step_rng(cfg.seed, st.step, acc.process_index, "images"))
         x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
         with acc.accumulate(self.ghn):
+            batch = self.inner.to_pyg_batch(graphs, datas)
             with acc.autocast():
-                per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, self.inner.to_pyg_batch(graphs, datas),
-                                                 cfg.logit_norm)
+                if cfg.arch_grad_norm:
+                    preds = self.ghn(graphs, batch)
+                    per_arch, accs, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm)
+                    if not tensors:  # every rank must run a backward (DDP): a zero one through the first net
+                        tensors = list({id(t): t for t in preds[0].values()}.values())
+                        grads = [torch.zeros_like(t) for t in tensors]
+                else:
+                    per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm)
             loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
             st.capped_archs += n_capped
             st.nonfinite_archs += n_bad
             skipped = self._all_ranks(not bool(torch.isfinite(loss)))  # DDP: every rank skips together
             if not skipped:
-                acc.backward(loss)
+                if cfg.arch_grad_norm:
+                    torch.autograd.backward(tensors, [g / cfg.grad_accum for g in grads])
+                else:
+                    acc.backward(loss)
                 if acc.sync_gradients:  # gradients are all-reduced by now: every rank decides the same
                     gnorm = acc.clip_grad_norm_(self.ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                     skipped = gnorm is not None and not bool(torch.isfinite(torch.as_tensor(gnorm)))
@@ -406,6 +451,7 @@ class Trainer:
                      "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")}}
             self.inner.save(tmp / "ghn.safetensors", extra=extra)
             rundir.publish(tmp, final)
+            rundir.prune(self.out_dir, self.cfg.keep_checkpoints)
             self.inner.save(self.out_dir / "ghn.safetensors", extra=extra)
         acc.wait_for_everyone()
         return final

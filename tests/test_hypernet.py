@@ -207,3 +207,38 @@ def test_vector_predictions_are_bounded_by_construction():
     legacy = GraphHyperNetwork(hidden=16, layers=1, rank=4, code_dim=16, bounded_vectors=False)
     legacy.load_state_dict(g.state_dict())
     assert max(legacy([graph])[0]["head.bias"].abs()) > 1.0  # the unbounded decoder does drift
+
+
+def test_identity_base_preserves_channels_through_any_conv_or_linear():
+    from ghn.decoder import identity_base
+
+    x = torch.randn(2, 6, 8, 8)
+    same = identity_base(6, 6, (3, 3), "cpu", torch.float32).view(6, 6, 3, 3)
+    assert math.isclose(float(same.pow(2).mean()), 1.0, rel_tol=1e-5)
+    y = torch.nn.functional.conv2d(x, same / same.abs().max(), padding=1)
+    assert torch.allclose(y, x, atol=1e-6)  # a centre-tap identity: channel o of the output is channel o
+    wide = identity_base(9, 6, (), "cpu", torch.float32).view(9, 6)
+    assert [int(r.argmax()) for r in wide] == [0, 1, 2, 3, 4, 5, 0, 1, 2]  # output o reads input o mod n_in
+    narrow = identity_base(2, 6, (), "cpu", torch.float32).view(2, 6)
+    assert narrow.ne(0).tolist() == [[True, False, True, False, True, False], [False, True, False, True, False, True]]
+    dw = identity_base(4, 1, (5,), "cpu", torch.float32).view(4, 1, 5)  # depthwise: a delta kernel per channel
+    assert dw.ne(0).sum() == 4 and bool(dw[:, 0, 2].ne(0).all())
+
+
+def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
+    def closed_gate_cos(kind):  # predicted share ~0: what remains is the base, times a per-layer scale
+        g = make_ghn(base_kind=kind)
+        with torch.no_grad():
+            g.decoder.head_gate.bias.fill_(-30.0)
+        m = TinyCNN(depth=2)
+        g.initialize(m, torch.randn(2, 1, 12, 12))
+        a, b = m.blocks[0][3].weight.flatten(), m.blocks[1][3].weight.flatten()
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    assert closed_gate_cos("identity") > 0.9999  # consistent channel meaning, whatever the layer or model
+    assert abs(closed_gate_cos("gaussian")) < 0.5  # seeded by name: unrelated in two layers
+    g = make_ghn(base_kind="identity")
+    g.save(tmp_path / "g.safetensors")
+    assert GraphHyperNetwork.load(tmp_path / "g.safetensors").config.base_kind == "identity"
+    with pytest.raises(ValueError, match="base_kind"):
+        GraphHyperNetwork(base_kind="orthogonal")

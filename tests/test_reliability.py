@@ -205,6 +205,15 @@ def test_log_has_no_duplicate_steps_after_resume_and_tmp_leftovers_go(tmp_path):
     assert not list(run.glob("*.tmp"))
 
 
+def test_keep_checkpoints_prunes_old_ones_and_resume_still_works(tmp_path):
+    train(cfg(tmp_path, steps=6, ckpt_every=2, keep_checkpoints=1), data=ProtoData(), archs=ToyArchs())
+    run = tmp_path / "run"
+    assert [p.name for p in sorted(run.glob("ckpt-*"))] == ["ckpt-0000006"]
+    train(cfg(tmp_path, steps=8, ckpt_every=2, keep_checkpoints=1, resume="latest"), data=ProtoData(),
+          archs=ToyArchs())
+    assert [p.name for p in sorted(run.glob("ckpt-*"))] == ["ckpt-0000008"]
+
+
 def test_resume_takes_the_hypernetwork_config_and_refuses_conflicts(tmp_path):
     big = dict(SMALL, hidden=24)
     train(cfg(tmp_path, steps=2, ghn=big, lr=3e-3), data=ProtoData(), archs=ToyArchs())

@@ -184,3 +184,34 @@ def test_standardized_logits_keep_the_prediction_and_ignore_scale():
     assert torch.equal(z.argmax(-1), logits.argmax(-1))
     assert torch.allclose(z, standardize_logits(0.1 * logits + 3.0, 4.0), atol=2e-3)  # scale/shift free
     assert torch.allclose(z.std(-1), torch.full((16,), 4.0), atol=1e-3)
+
+
+def test_arch_grad_norm_gives_each_architecture_a_unit_gradient_in_its_loss_direction():
+    from models import ToyArchs
+
+    from ghn.graph import ArchGraph
+    from ghn.training import normalized_arch_grads
+
+    torch.manual_seed(0)
+    archs = ToyArchs()
+    models = [archs.build(i, num_classes=4, in_channels=1, image_size=8) for i in range(2)]
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    hyper = GraphHyperNetwork(**SMALL)
+    preds = hyper([ArchGraph.from_module(m, x[:2]) for m in models])
+    losses_, _, tensors, grads = normalized_arch_grads(preds, models, x * 50, y)  # a steep loss: large raw grads
+    assert len(tensors) == len(grads) == sum(len({id(t) for t in p.values()}) for p in preds)
+    k = len({id(t) for t in preds[0].values()})
+    for part in (grads[:k], grads[k:]):  # per architecture: norm 1 / number of architectures
+        assert math.isclose(float(torch.sqrt(sum(g.pow(2).sum() for g in part))), 0.5, rel_tol=1e-4)
+    raw = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(torch.func.functional_call(models[0], preds[0], (x * 50,)), y),
+        tensors[:k], retain_graph=True)
+    cos = sum((a * b).sum() for a, b in zip(raw, grads[:k])) / torch.sqrt(sum(a.pow(2).sum() for a in raw)) / 0.5
+    assert float(cos) > 0.9999 and float(losses_[0]) > 0
+
+
+def test_arch_grad_norm_trains(tmp_path):
+    c = cfg(tmp_path, "agn", steps=60, arch_grad_norm=True)
+    train(c, data=ProtoData(), archs=ToyArchs())
+    ls = losses(c.out_dir)
+    assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
