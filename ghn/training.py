@@ -192,6 +192,23 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     return torch.stack(losses), torch.stack(accs), tensors, grads
 
 
+def _init_from(path: str, overrides: Dict[str, Any]) -> GraphHyperNetwork:
+    """The hypernetwork of ``path``, with config ``overrides`` that keep its tensors (e.g. ``base_kind``,
+    ``max_pred_share``): a design change can start from a trained hypernetwork instead of from scratch."""
+    ghn = GraphHyperNetwork.load(path)
+    if not overrides:
+        return ghn
+    new = GraphHyperNetwork(GHNConfig(**{**asdict(ghn.config), **overrides}))
+    try:
+        new.load_state_dict(ghn.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ValueError(f"--init-from {path}: the overrides {sorted(overrides)} change the hypernetwork's tensors "
+                         f"({first}); only settings that keep them can change") from None
+    new.extra = ghn.extra
+    return new
+
+
 def _load_data(cfg: TrainConfig):
     from ghn.datasets import get_dataset
 
@@ -326,7 +343,7 @@ class Trainer:
         if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
             ghn = GraphHyperNetwork(self._saved.config)
         elif cfg.init_from:
-            ghn = GraphHyperNetwork.load(cfg.init_from)
+            ghn = _init_from(cfg.init_from, cfg.ghn)
         else:
             ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
         opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

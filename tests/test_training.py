@@ -64,6 +64,20 @@ def test_finetune_from_checkpoint_with_other_number_of_classes(tmp_path):
     assert GraphHyperNetwork.load(os.path.join(ft.out_dir, "ghn.safetensors")).config.hidden == SMALL["hidden"]
 
 
+def test_init_from_takes_design_overrides_that_keep_the_tensors(tmp_path):
+    base = cfg(tmp_path, "base", steps=3)
+    train(base, data=ProtoData(), archs=ToyArchs())
+    src = os.path.join(base.out_dir, "ghn.safetensors")
+    ft = cfg(tmp_path, "ft", steps=1, lr=1e-12, init_from=src, ghn={"base_kind": "identity", "max_pred_share": 0.5})
+    train(ft, data=ProtoData(), archs=ToyArchs())
+    got = GraphHyperNetwork.load(os.path.join(ft.out_dir, "ghn.safetensors"))
+    assert (got.config.base_kind, got.config.max_pred_share) == ("identity", 0.5)
+    before = state(src)
+    assert all(torch.allclose(before[k], v, atol=1e-6) for k, v in got.state_dict().items())
+    with pytest.raises(ValueError, match="change the hypernetwork's tensors"):
+        train(cfg(tmp_path, "bad", steps=1, init_from=src, ghn={"hidden": 16}), data=ProtoData(), archs=ToyArchs())
+
+
 def test_nan_steps_are_skipped_and_counted(tmp_path):
     data = ProtoData()
     data.images[:] = float("nan")
