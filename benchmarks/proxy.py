@@ -71,6 +71,8 @@ def eval_design(a, ckpt: Path) -> dict:
     from ghn.space import count_params
 
     hyper = GraphHyperNetwork.load(ckpt)
+    if a.eval_only and a.ghn_over:  # a decoding setting that keeps the tensors (e.g. --norm-scale)
+        hyper = hyper.with_config(**a.ghn_over)
     train = get_dataset("fashion-mnist", None, train=True)
     test = get_dataset("fashion-mnist", None, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
@@ -141,6 +143,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ghn_over = pop_config_overrides(vars(a))
+    a.ghn_over = ghn_over
     if not a.eval_only and not Path(a.archs).is_file():
         sys.exit(f"error: {a.archs} not found; generate it: python -m ghn.data generate --split train "
                  "--n 1000000 --seed 0 --out data/train.jsonl.gz")

@@ -40,7 +40,7 @@ MAX_KERNEL_DIMS = 3
 # (class biases of +-6, MLP biases of +-2.6, the same in every layer) and made fine-tuning from them slow.
 VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "token": (0.0, 1.0)}
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
-BASE_KINDS = ("gaussian", "identity")
+BASE_KINDS = ("gaussian", "identity", "mixed")
 
 
 class DecoderShapeError(ValueError):
@@ -172,14 +172,22 @@ class LowRankDecoder(nn.Module):
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
-            if self.base_kind == "identity":
-                z = identity_base(n_out, n_in, kernel, w.device, w.dtype).reshape(1, *w.shape[1:])
-            else:
-                z = base_weights(refs, w.shape[1:], w.device, w.dtype)
+            z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)
             w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
+
+    def _base(self, refs: Sequence[ParamRef], n_out: int, n_in: int, kernel: Sequence[int], shape: Sequence[int],
+              device, dtype) -> Tensor:
+        """The deterministic base ``Z`` [len(refs) or 1, *shape] at unit RMS (see ``base_kind``)."""
+        if self.base_kind == "gaussian":
+            return base_weights(refs, shape, device, dtype)
+        eye = identity_base(n_out, n_in, kernel, device, dtype).reshape(1, *shape)
+        if self.base_kind == "identity":
+            return eye
+        z = (eye + base_weights(refs, shape, device, dtype)) / math.sqrt(2.0)  # "mixed": half the energy each
+        return z / _rms(z)
 
     def _vectors(self, c: Tensor, n: int, kind: str) -> Tensor:
         k = VECTOR_KINDS.index(kind)

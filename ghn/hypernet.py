@@ -57,7 +57,7 @@ class GHNConfig:
     max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
     bounded_vectors: bool = True  # biases/shifts in +-0.1, gains in 1 +- 0.25, tokens in +-1 (tanh-bounded)
     base_kind: str = "gaussian"   # "gaussian": seeded by parameter name; "identity": channel-preserving, the same
-                                  # for every architecture (consistent channel meaning; docs/DESIGN.md)
+                                  # for every architecture (consistent channel meaning); "mixed": half of each
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -149,6 +149,19 @@ class GraphHyperNetwork(nn.Module):
     def num_params(self) -> int:
         """Number of trainable hypernetwork parameters."""
         return sum(p.numel() for p in self.parameters())
+
+    def with_config(self, **overrides: Any) -> "GraphHyperNetwork":
+        """A copy with config ``overrides`` that keep every tensor (e.g. ``base_kind``, ``norm_scale``); raises
+        ``ValueError`` (one line) for overrides that would change them (``hidden``, ...)."""
+        new = GraphHyperNetwork(GHNConfig(**{**asdict(self.config), **overrides}))
+        try:
+            new.load_state_dict(self.state_dict())
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ValueError(f"the overrides {sorted(overrides)} change the hypernetwork's tensors ({first}); only "
+                             "settings that keep them can change") from None
+        new.extra = getattr(self, "extra", {})
+        return new.to(self.device)
 
     # -- prediction ------------------------------------------------------------------------------------------
     def featurizer(self) -> Callable[[ArchGraph], Any]:

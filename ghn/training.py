@@ -193,20 +193,13 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
 
 
 def _init_from(path: str, overrides: Dict[str, Any]) -> GraphHyperNetwork:
-    """The hypernetwork of ``path``, with config ``overrides`` that keep its tensors (e.g. ``base_kind``,
-    ``max_pred_share``): a design change can start from a trained hypernetwork instead of from scratch."""
+    """The hypernetwork of ``path`` with config ``overrides`` that keep its tensors (e.g. ``base_kind``): a design
+    change can start from a trained hypernetwork instead of from scratch."""
     ghn = GraphHyperNetwork.load(path)
-    if not overrides:
-        return ghn
-    new = GraphHyperNetwork(GHNConfig(**{**asdict(ghn.config), **overrides}))
     try:
-        new.load_state_dict(ghn.state_dict())
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise ValueError(f"--init-from {path}: the overrides {sorted(overrides)} change the hypernetwork's tensors "
-                         f"({first}); only settings that keep them can change") from None
-    new.extra = ghn.extra
-    return new
+        return ghn.with_config(**overrides) if overrides else ghn
+    except ValueError as e:
+        raise ValueError(f"--init-from {path}: {e}") from None
 
 
 def _load_data(cfg: TrainConfig):

@@ -237,8 +237,10 @@ def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
 
     assert closed_gate_cos("identity") > 0.9999  # consistent channel meaning, whatever the layer or model
     assert abs(closed_gate_cos("gaussian")) < 0.5  # seeded by name: unrelated in two layers
+    assert 0.3 < closed_gate_cos("mixed") < 0.8  # half of each: cos about 1/2
     g = make_ghn(base_kind="identity")
     g.save(tmp_path / "g.safetensors")
     assert GraphHyperNetwork.load(tmp_path / "g.safetensors").config.base_kind == "identity"
     with pytest.raises(ValueError, match="base_kind"):
         GraphHyperNetwork(base_kind="orthogonal")
+
