@@ -151,7 +151,7 @@ class GraphHyperNetwork(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def with_config(self, **overrides: Any) -> "GraphHyperNetwork":
-        """A copy with config ``overrides`` that keep every tensor (e.g. ``base_kind``, ``norm_scale``); raises
+        """A copy with config ``overrides`` that keep every tensor (e.g. ``base_kind``, ``max_pred_share``); raises
         ``ValueError`` (one line) for overrides that would change them (``hidden``, ...)."""
         new = GraphHyperNetwork(GHNConfig(**{**asdict(self.config), **overrides}))
         try:

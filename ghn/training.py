@@ -168,7 +168,7 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
 
     Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
-    split a 15-cell or norm-free network has a 5-10x larger gradient than a 5-cell BN one, and its (noisy) direction
+    split a 15-cell or norm-free network has a 5-12x larger gradient than a 5-cell BN one, and its (noisy) direction
     drowns every other architecture's. Returns ``(losses [n], accs [n], tensors, grads)``; backpropagate into the
     hypernetwork with ``torch.autograd.backward(tensors, grads)``. Each target network's graph is freed after its
     own backward, so peak memory is one target network instead of the meta-batch. Non-finite losses give no
