@@ -38,7 +38,7 @@ def step(model, params, x, y, variant: str) -> float:
         logits = torch.func.functional_call(model, params, (x,), strict=False)
     loss = F.cross_entropy(logits.float(), y)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def main(argv=None) -> int:
