@@ -94,11 +94,12 @@ def test_meta_batch_budget_packs_but_never_drops():
     assert pack_meta_batch([1, 1], 25) == 2
 
 
-def _ddp_worker(out_dir):
+def _ddp_worker(out_dir, arch_grad_norm=False):
     from accelerate import PartialState
 
     c = TrainConfig(out_dir=out_dir, steps=100, meta_batch=2, batch_size=32, lr=3e-3, warmup_steps=5, log_every=1,
-                    ckpt_every=25, progress=False, ghn=SMALL, cpu=True)  # mid-run checkpoints: every rank
+                    ckpt_every=25, progress=False, ghn=SMALL, cpu=True,
+                    arch_grad_norm=arch_grad_norm)  # mid-run checkpoints: every rank
     # writes its RNG state into the same directory before it is published
     train(c, data=ProtoData(), archs=ToyArchs())
     st = PartialState()
@@ -107,7 +108,8 @@ def _ddp_worker(out_dir):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu(tmp_path):
+@pytest.mark.parametrize("agn", [False, True], ids=["mean", "arch_grad_norm"])
+def test_two_process_ddp_on_cpu(tmp_path, agn):
     # a fresh interpreter: forking gloo workers from a pytest process whose torch threads already ran can hang
     import subprocess
     import sys
@@ -119,7 +121,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
             "from accelerate import debug_launcher\n"
             "from test_training import _ddp_worker\n"
             "if __name__ == '__main__':\n"
-            "    debug_launcher(_ddp_worker, args=(%r,), num_processes=2)\n") % (here, out)
+            "    debug_launcher(_ddp_worker, args=(%r, %r), num_processes=2)\n") % (here, out, agn)
     script = tmp_path / "launch.py"
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
