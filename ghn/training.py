@@ -172,7 +172,8 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     drowns every other architecture's. Returns ``(losses [n], accs [n], tensors, grads)``; backpropagate into the
     hypernetwork with ``torch.autograd.backward(tensors, grads)``. Each target network's graph is freed after its
     own backward, so peak memory is one target network instead of the meta-batch. Non-finite losses give no
-    gradient.
+    gradient; when none is finite the first network's tensors come back with zero gradients, so the backward (which
+    DDP needs on every rank) still runs.
     """
     losses, accs, tensors, grads = [], [], [], []
     for model, params in zip(models, preds):
@@ -189,6 +190,9 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
             continue
         tensors += list(uniq.values())
         grads += [g / (norm + 1e-12) / len(models) for g in gs]
+    if not tensors and preds:  # every rank must still run a backward (DDP): a zero one through the first network
+        tensors = list({id(t): t for t in preds[0].values()}.values())
+        grads = [torch.zeros_like(t) for t in tensors]
     return torch.stack(losses), torch.stack(accs), tensors, grads
 
 
@@ -394,9 +398,6 @@ class Trainer:
                 if cfg.arch_grad_norm:
                     preds = self.ghn(graphs, batch)
                     per_arch, accs, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm)
-                    if not tensors:  # every rank must run a backward (DDP): a zero one through the first net
-                        tensors = list({id(t): t for t in preds[0].values()}.values())
-                        grads = [torch.zeros_like(t) for t in tensors]
                 else:
                     per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm)
             loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
