@@ -80,6 +80,10 @@ def eval_design(a, ckpt: Path) -> dict:
     val = ArchDataset("val")
     todo = [i for i in range(len(val)) if count_params(val[i], 10, c, s) <= a.max_arch_params][:a.n]
     x = torch.zeros(2, c, s, s)
+    # Default init does not depend on the design: its results are cached per architecture and setting.
+    cache_path = ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() and not a.no_default_cache else {}
+    cache = {k: v for k, v in cache.items() if "|" in k}  # drop the writer's date/machine/command
     rows = []
     for k, i in enumerate(todo):
         def fresh(i=i):
@@ -90,18 +94,25 @@ def eval_design(a, ckpt: Path) -> dict:
         ins = inspect_model(model, hyper, x).summary()
         pred = fresh()
         hyper.initialize(pred, x)
+        key = f"{i}|test_n={a.test_n}|calib={a.calib_batches}"
+        if key not in cache:
+            cache[key] = evaluate_init(fresh(), train, test, calib_batches=a.calib_batches)
         row = {"index": i, "family": val[i]["family"], "norm": val[i].get("norm"), **ins,
                "acc_pred": evaluate_init(pred, train, test, calib_batches=a.calib_batches),
-               "acc_default": evaluate_init(fresh(), train, test, calib_batches=a.calib_batches)}
+               "acc_default": cache[key]}
         if k < a.ft_n:
             state = {n: t.clone() for n, t in pred.state_dict().items()}
             m = fresh()
             m.load_state_dict(state)
             finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
             row["ft_pred"] = evaluate_init(m, train, test, calib_batches=a.calib_batches)
-            m = fresh()
-            finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
-            row["ft_default"] = evaluate_init(m, train, test, calib_batches=a.calib_batches)
+            fkey = f"{key}|ft_steps={a.ft_steps}|lr=0.05"
+            if fkey not in cache:
+                m = fresh()
+                finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
+                cache[fkey] = evaluate_init(m, train, test, calib_batches=a.calib_batches)
+            row["ft_default"] = cache[fkey]
+        write_results(cache_path, {"note": "default-init results per val architecture (proxy.py)", **cache})
         rows.append(row)
         print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
     med = lambda key: statistics.median(r[key] for r in rows if r[key] is not None)  # noqa: E731
@@ -113,7 +124,13 @@ def eval_design(a, ckpt: Path) -> dict:
             "ft_n": len(ft), "ft_pred": statistics.mean(r["ft_pred"] for r in ft) if ft else None,
             "ft_default": statistics.mean(r["ft_default"] for r in ft) if ft else None,
             "ft_no_harm": sum(r["ft_pred"] >= r["ft_default"] - 0.005 for r in ft) / len(ft) if ft else None,
+            "ft_gap_by_family": {f: statistics.mean(r["ft_pred"] - r["ft_default"] for r in ft if _fam(r) == f)
+                                 for f in sorted({_fam(r) for r in ft})},
             "rows": rows}
+
+
+def _fam(row: dict) -> str:
+    return f"{row['family']}-{row['norm']}"
 
 
 def main(argv=None) -> int:
@@ -137,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=str(ROOT / "runs" / "proxy"))
     p.add_argument("--out", default=None)
+    p.add_argument("--no-default-cache", action="store_true",
+                   help="recompute default-init results instead of reading benchmarks/results/proxy/_default_init.json")
     p.add_argument("--eval-only", action="store_true", help="evaluate --ckpt (or the run's checkpoint) only")
     p.add_argument("--ckpt", default=None)
     add_config_arguments(p)

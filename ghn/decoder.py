@@ -16,7 +16,10 @@ Against rank collapse (docs/DESIGN.md, "decoder"), by construction rather than b
   the predicted low-rank part ``P``, each at unit RMS; ``t`` is predicted per tensor but bounded by
   ``max_pred_share`` (the largest energy fraction ``sin(t)^2`` the predicted part may take);
 - optionally (``orth``), ``P`` has a flat spectrum: its factors are orthonormalised (QR) and the small core is
-  pushed to an orthogonal matrix by Newton-Schulz iterations, so ``P`` is a rank-``r`` semi-orthogonal map.
+  pushed to an orthogonal matrix by Newton-Schulz iterations, so ``P`` is a rank-``r`` semi-orthogonal map;
+- optionally (``noise_share``), a fixed name-seeded Gaussian takes that energy fraction of the final matrix. With
+  the identity base, channels duplicated by a widening (and every stem filter of a 1-channel input) are otherwise
+  exact copies, and SGD cannot tell copies apart: predicted init then fine-tunes worse than default init.
 
 Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(1 / fan_in)`` (LeCun variance; for embedding
 tables fan_in is the embedding width) times a learned, op- and layer-dependent factor in ``[e^-2, e^2]`` (so a
@@ -79,15 +82,18 @@ class LowRankDecoder(nn.Module):
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
                  code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9,
-                 bounded_vectors: bool = True, base_kind: str = "gaussian"):
+                 bounded_vectors: bool = True, base_kind: str = "gaussian", noise_share: float = 0.0):
         super().__init__()
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
+        if not 0.0 <= noise_share < 1.0:
+            raise ValueError(f"noise_share must be in [0, 1), got {noise_share}")
         if base_kind not in BASE_KINDS:
             raise ValueError(f"base_kind must be one of {BASE_KINDS}, got {base_kind!r}")
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
         self.base, self.orth, self.bounded_vectors, self.base_kind = base, orth, bounded_vectors, base_kind
         self.max_angle = math.asin(math.sqrt(max_pred_share))
+        self.noise_share = noise_share
         ctx = 2 * hidden
         self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
                                      nn.Linear(ctx, ctx), nn.GELU())
@@ -175,6 +181,10 @@ class LowRankDecoder(nn.Module):
             z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)
             w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
+        if self.noise_share > 0:  # a fixed full-rank floor, distinct per layer: breaks the symmetry of duplicates
+            z = base_weights(refs, w.shape[1:], w.device, w.dtype, salt="noise")
+            w = math.sqrt(1.0 - self.noise_share) * w + math.sqrt(self.noise_share) * z
+            w = w / _rms(w)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
 
@@ -231,18 +241,18 @@ def flat_low_rank(rows: Tensor, cols: Tensor) -> Tensor:
     return (q1 @ core @ q2.transpose(1, 2)).to(dt)
 
 
-def _base_seed(ref: ParamRef) -> int:
-    h = hashlib.sha256(f"{ref.name}|{tuple(ref.shape)}".encode()).digest()
+def _base_seed(ref: ParamRef, salt: str = "") -> int:
+    h = hashlib.sha256(f"{ref.name}|{tuple(ref.shape)}{salt}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype) -> Tensor:
+def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype, salt: str = "") -> Tensor:
     """Deterministic Gaussian bases [len(refs), *shape], one per parameter, each at unit RMS.
 
     Seeded by name and shape only: the same model always gets the same base, different layers different ones.
     Drawn on the CPU so every device and process gets identical values.
     """
-    zs = [torch.randn(*shape, generator=torch.Generator().manual_seed(_base_seed(r))) for r in refs]
+    zs = [torch.randn(*shape, generator=torch.Generator().manual_seed(_base_seed(r, salt))) for r in refs]
     z = torch.stack(zs).to(device=device, dtype=dtype)
     return z / _rms(z)
 

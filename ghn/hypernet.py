@@ -58,6 +58,8 @@ class GHNConfig:
     bounded_vectors: bool = True  # biases/shifts in +-0.1, gains in 1 +- 0.25, tokens in +-1 (tanh-bounded)
     base_kind: str = "gaussian"   # "gaussian": seeded by parameter name; "identity": channel-preserving, the same
                                   # for every architecture (consistent channel meaning); "mixed": half of each
+    noise_share: float = 0.0      # energy fraction of a fixed name-seeded Gaussian added to every matrix after the
+                                  # gate: a full-rank floor that breaks the symmetry of duplicated channels
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -89,7 +91,7 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
-                                 "bounded_vectors": False, "base_kind": "gaussian"}
+                                 "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0}
 
 
 @dataclass
@@ -135,7 +137,8 @@ class GraphHyperNetwork(nn.Module):
         c = self.config
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
-                                      c.max_pred_share, c.bounded_vectors, c.base_kind)
+                                      c.max_pred_share, c.bounded_vectors, c.base_kind,
+                                      c.noise_share)
 
     @property
     def task(self) -> Task:

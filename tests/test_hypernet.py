@@ -244,3 +244,30 @@ def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match="base_kind"):
         GraphHyperNetwork(base_kind="orthogonal")
 
+
+
+def test_noise_share_breaks_duplicated_channels_deterministically():
+    def closed_gate(**kw):  # predicted share ~0: the base (plus the noise floor), times a per-layer scale
+        g = make_ghn(base_kind="identity", **kw)
+        with torch.no_grad():
+            g.decoder.head_gate.bias.fill_(-30.0)
+        m = TinyCNN(depth=2)
+        g.initialize(m, torch.randn(2, 1, 12, 12))
+        return m
+
+    def row_cos(w):  # largest cosine between two different output channels
+        w = torch.nn.functional.normalize(w.flatten(1), dim=1)
+        return float((w @ w.t() - 2 * torch.eye(len(w))).max())
+
+    def layer_cos(m):
+        a, b = m.blocks[0][3].weight.flatten(), m.blocks[1][3].weight.flatten()
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    plain, noisy = closed_gate(), closed_gate(noise_share=0.25)
+    assert row_cos(plain.stem.weight) > 0.9999  # 1 input channel: every stem filter is the same delta
+    assert row_cos(noisy.stem.weight) < 0.95
+    assert abs(layer_cos(noisy) - 0.75) < 0.15  # the identity keeps 3/4 of the energy, the rest differs per layer
+    again = closed_gate(noise_share=0.25)
+    assert torch.equal(noisy.stem.weight, again.stem.weight)  # seeded by name: the same model, the same weights
+    with pytest.raises(ValueError, match="noise_share"):
+        GraphHyperNetwork(noise_share=1.0)
