@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,9 +81,8 @@ def eval_design(a, ckpt: Path) -> dict:
     todo = [i for i in range(len(val)) if count_params(val[i], 10, c, s) <= a.max_arch_params][:a.n]
     x = torch.zeros(2, c, s, s)
     # Default init does not depend on the design: its results are cached per architecture and setting.
-    cache_path = ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() and not a.no_default_cache else {}
-    cache = {k: v for k, v in cache.items() if "|" in k}  # drop the writer's date/machine/command
+    cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json",
+                             enabled=not a.no_default_cache)
     rows = []
     for k, i in enumerate(todo):
         def fresh(i=i):
@@ -94,25 +93,24 @@ def eval_design(a, ckpt: Path) -> dict:
         ins = inspect_model(model, hyper, x).summary()
         pred = fresh()
         hyper.initialize(pred, x)
-        key = f"{i}|test_n={a.test_n}|calib={a.calib_batches}"
-        if key not in cache:
-            cache[key] = evaluate_init(fresh(), train, test, calib_batches=a.calib_batches)
+        settings, untrained = dict(dataset="fashion-mnist", test_n=a.test_n, calib=a.calib_batches), fresh()
         row = {"index": i, "family": val[i]["family"], "norm": val[i].get("norm"), **ins,
                "acc_pred": evaluate_init(pred, train, test, calib_batches=a.calib_batches),
-               "acc_default": cache[key]}
+               "acc_default": cache.get(cache.key(untrained, **settings), lambda: evaluate_init(
+                   fresh(), train, test, calib_batches=a.calib_batches))}
         if k < a.ft_n:
             state = {n: t.clone() for n, t in pred.state_dict().items()}
             m = fresh()
             m.load_state_dict(state)
             finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
             row["ft_pred"] = evaluate_init(m, train, test, calib_batches=a.calib_batches)
-            fkey = f"{key}|ft_steps={a.ft_steps}|lr=0.05"
-            if fkey not in cache:
+
+            def ft_default():
                 m = fresh()
                 finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps)
-                cache[fkey] = evaluate_init(m, train, test, calib_batches=a.calib_batches)
-            row["ft_default"] = cache[fkey]
-        write_results(cache_path, {"note": "default-init results per val architecture (proxy.py)", **cache})
+                return evaluate_init(m, train, test, calib_batches=a.calib_batches)
+
+            row["ft_default"] = cache.get(cache.key(untrained, **settings, ft_steps=a.ft_steps, lr=0.05), ft_default)
         rows.append(row)
         print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
     med = lambda key: statistics.median(r[key] for r in rows if r[key] is not None)  # noqa: E731

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Why a predicted init fine-tunes worse than default init, on a few val architectures.
+
+For each architecture and each variant (``default`` init, ``pred`` = the hypernetwork as it is, or decoding
+overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`` that keep its tensors) it reports:
+
+- ``feat_erank``: effective rank (exp of the entropy of the normalised singular values) of the features entering
+  the classifier, over 512 training images; default init gives tens, a degenerate init a handful;
+- ``acc0``: top-1 with no training (BN statistics re-estimated);
+- ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data order for every variant).
+
+    python benchmarks/ft_probe.py --indices 1 3 --variants default pred noise_share=0.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def effective_rank(f: torch.Tensor) -> float:
+    s = torch.linalg.svdvals(f - f.mean(0))
+    p = s / s.sum()
+    return float(torch.exp(-(p * (p + 1e-12).log()).sum()))
+
+
+def classifier_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of the last ``nn.Linear`` (the classifier) for images ``x``, in eval mode."""
+    lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    got = {}
+    hook = lin.register_forward_hook(lambda mod, inp, out: got.__setitem__("f", inp[0].detach()))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return got["f"].flatten(1)
+
+
+def parse_overrides(variant: str) -> dict:
+    out = {}
+    for kv in variant.split("+"):
+        k, v = kv.split("=")
+        out[k] = v.lower() in ("1", "true") if k == "orth" else float(v)
+    return out
+
+
+def main(argv=None) -> int:
+    from ghn.data import ArchDataset
+    from ghn.datasets import get_dataset
+    from ghn.evaluation import batches as data_batches
+    from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
+    from ghn.hypernet import load_pretrained
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=None, help="hypernetwork; default: the shipped one")
+    p.add_argument("--split", default="val")
+    p.add_argument("--indices", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--variants", nargs="+", default=["default", "pred", "noise_share=0.5"])
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--test-n", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ft_probe.json"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    hyper = load_pretrained(a.ckpt)
+    train = get_dataset("fashion-mnist", None, train=True)
+    test = get_dataset("fashion-mnist", None, train=False)
+    test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
+    archs = ArchDataset(a.split)
+    c, s = train.in_channels, train.image_size
+    rows = []
+    for i in a.indices:
+        def fresh(i=i):
+            torch.manual_seed(i)
+            return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
+
+        for v in a.variants:
+            m = fresh()
+            if v != "default":
+                h = hyper if v == "pred" else hyper.with_config(**parse_overrides(v))
+                h.initialize(m, torch.zeros(2, c, s, s))
+            state = {k: t.clone() for k, t in m.state_dict().items()}
+            calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
+            row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,
+                   "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
+            row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
+            m = fresh()
+            m.load_state_dict(state)
+            finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps)
+            row["ft"] = evaluate_init(m, train, test, calib_batches=5)
+            rows.append(row)
+            print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
+    write_results(a.out, {"args": vars(a), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
