@@ -231,3 +231,24 @@ def test_arch_grad_norm_trains(tmp_path):
     train(c, data=ProtoData(), archs=ToyArchs())
     ls = losses(c.out_dir)
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
+
+
+def test_channels_last_gives_the_same_losses_and_gradients_up_to_rounding():
+    from models import ToyArchs
+
+    from ghn.graph import ArchGraph
+    from ghn.training import meta_batch_loss, normalized_arch_grads
+
+    torch.manual_seed(0)
+    archs = ToyArchs()
+    models = [archs.build(i, num_classes=4, in_channels=3, image_size=8) for i in range(2)]
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    hyper = GraphHyperNetwork(**SMALL)
+    graphs = [ArchGraph.from_module(m, x[:2]) for m in models]
+    a, _ = meta_batch_loss(hyper, models, graphs, x, y)
+    b, _ = meta_batch_loss(hyper, models, graphs, x, y, channels_last=True)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    preds = hyper(graphs)
+    _, _, _, g1 = normalized_arch_grads(preds, models, x, y)
+    _, _, _, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True)
+    assert all(u.shape == v.shape and torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(g1, g2))
