@@ -9,6 +9,10 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
 - ``acc0``: top-1 with no training (BN statistics re-estimated);
 - ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data order for every variant).
 
+A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales every predicted matrix to the RMS of
+its default init: the predicted direction with the default scale (under a normalisation the scale sets the
+effective fine-tuning learning rate, not the function).
+
     python benchmarks/ft_probe.py --indices 1 3 --variants default pred noise_share=0.5
 """
 from __future__ import annotations
@@ -83,9 +87,15 @@ def main(argv=None) -> int:
 
         for v in a.variants:
             m = fresh()
-            if v != "default":
-                h = hyper if v == "pred" else hyper.with_config(**parse_overrides(v))
+            name, rms = (v[:-4], True) if v.endswith("@rms") else (v, False)
+            if name != "default":
+                h = hyper if name == "pred" else hyper.with_config(**parse_overrides(name))
                 h.initialize(m, torch.zeros(2, c, s, s))
+            if rms:  # every matrix rescaled to its default-init RMS: the direction predicted, the scale default
+                with torch.no_grad():
+                    for q, d in zip(m.parameters(), fresh().parameters()):
+                        if q.dim() >= 2:
+                            q.mul_(d.pow(2).mean().sqrt() / q.pow(2).mean().sqrt().clamp_min(1e-12))
             state = {k: t.clone() for k, t in m.state_dict().items()}
             calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,

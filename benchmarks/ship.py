@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Make a trained hypernetwork the shipped default, with the metadata users and the issues ask for.
+
+Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its metadata: how it was chosen, the
+training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint: the logged archs/s of
+every interval, times ``--cores``), the machine, the command that trained it and the validation figures of
+``--result`` (a ``benchmarks/proxy.py`` results file).
+
+    python benchmarks/ship.py --ckpt runs/proxy/NAME/ghn.safetensors --result benchmarks/results/proxy/NAME.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    from ghn.hypernet import GraphHyperNetwork
+    from ghn.plot import cpu_hours, read_log
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--result", required=True, help="the proxy.py results file of that checkpoint")
+    p.add_argument("--cores", type=int, default=2, help="CPU cores the training used (processes x threads)")
+    p.add_argument("--chosen-by", default="benchmarks/proxy.py, criterion declared in docs/BENCHMARKS.md")
+    p.add_argument("--out", default=str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))
+    a = p.parse_args(argv)
+    ghn = GraphHyperNetwork.load(a.ckpt)
+    res = json.loads(Path(a.result).read_text())
+    log = Path(a.ckpt).parent / "log.jsonl"
+    if not log.is_file():
+        sys.exit(f"error: {log} not found: the training log gives the CPU-hours")
+    wall = cpu_hours(read_log(str(log)))[-1]
+    r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731
+    val = {"archs": res["n"], "no_training_top1_pred": r3(res["acc_pred"]),
+           "no_training_top1_default": r3(res["acc_default"]), "ft_steps": res["args"]["ft_steps"],
+           "ft_n": res["ft_n"], "ft_top1_pred": r3(res["ft_pred"]), "ft_top1_default": r3(res["ft_default"]),
+           "ft_no_harm": r3(res["ft_no_harm"]), "rank_ratio": r3(res["rank_ratio"]),
+           "top_energy": r3(res["top_energy"]), "role_cos": r3(res["role_cos"])}
+    extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(wall * a.cores, 2),
+             "wall_hours": round(wall, 2), "machine": f"{a.cores}-core CPU, no GPU", "val": val,
+             "command": res.get("command")}
+    extra.pop("archs", None)  # a path on the training machine
+    ghn.save(a.out, extra=extra)
+    print(f"shipped {a.ckpt} -> {a.out} (step {extra.get('step')}, {extra['cpu_hours']} CPU-hours; val "
+          f"{val['no_training_top1_pred']} vs {val['no_training_top1_default']} no training, no-harm "
+          f"{val['ft_no_harm']} of {val['ft_n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
