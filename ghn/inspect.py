@@ -7,7 +7,10 @@ Per tensor, against the model's default initialisation (``reset_parameters()``):
   (out, in * kernel), and its ratio;
 - ``top_energy``: fraction of the energy ``s_1^2 / sum s^2`` in the top singular value;
 - ``role_cos`` (matrices): the largest |cosine| to another matrix of the same role (op, shape) elsewhere in the
-  model; about 0 for default init.
+  model; about 0 for default init;
+- ``dup_rows`` (matrices with >= 8 inputs per output): the fraction of output channels whose weights are a copy
+  (|cosine| > 0.99) of another output channel's; 0 for default init. Copies get equal gradients, so fine-tuning
+  cannot separate them: the layer trains as if it were narrower.
 
     >>> from ghn.inspect import inspect_model
     >>> rep = inspect_model(model)            # predicts with the shipped hypernetwork; does not change ``model``
@@ -29,6 +32,7 @@ from torch import Tensor
 MIN_RANK_RATIO = 0.25
 MAX_TOP_ENERGY = 0.5
 MAX_ROLE_COS = 0.9
+MAX_DUP_ROWS = 0.25
 RMS_RANGE = (0.25, 4.0)
 
 
@@ -43,6 +47,19 @@ def spectrum(w: Tensor, max_rows: int = 4096) -> tuple:
     if e <= 0:
         return 0.0, 1.0
     return float(s.sum() ** 2 / e), float(s[0] ** 2 / e)
+
+
+def duplicate_rows(w: Tensor, max_rows: int = 1024, threshold: float = 0.99) -> Optional[float]:
+    """Fraction of the rows of ``w`` (as (out, -1)) with |cosine| > ``threshold`` to another row; None when rows
+    have fewer than 8 entries (random short rows are often alike). Rows are subsampled (evenly) above ``max_rows``."""
+    m = w.detach().float().reshape(w.shape[0], -1)
+    if m.shape[0] < 2 or m.shape[1] < 8:
+        return None
+    if m.shape[0] > max_rows:
+        m = m[torch.linspace(0, m.shape[0] - 1, max_rows).long()]
+    r = torch.nn.functional.normalize(m, dim=1)
+    g = (r @ r.t()).abs().fill_diagonal_(0.0)
+    return float((g.max(dim=1).values > threshold).float().mean())
 
 
 def _cos(a: Tensor, b: Tensor) -> float:
@@ -63,6 +80,7 @@ class TensorStats:
     default_eff_rank: Optional[float] = None
     top_energy: Optional[float] = None
     role_cos: Optional[float] = None
+    dup_rows: Optional[float] = None
 
     @property
     def rank_ratio(self) -> Optional[float]:
@@ -79,6 +97,8 @@ class TensorStats:
             out.append(f"top-sigma energy {self.top_energy:.2f}")
         if self.role_cos is not None and self.role_cos > MAX_ROLE_COS:
             out.append(f"same as another layer (cos {self.role_cos:.2f})")
+        if self.dup_rows is not None and self.dup_rows > MAX_DUP_ROWS:
+            out.append(f"{100 * self.dup_rows:.0f}% of output channels are copies")
         if self.rms_ratio is not None and not (RMS_RANGE[0] <= self.rms_ratio <= RMS_RANGE[1]):
             out.append(f"scale x{self.rms_ratio:.2g} of default")
         return out
@@ -103,6 +123,7 @@ class Inspection:
                 "median_top_energy": _median([t.top_energy for t in mats]),
                 "median_role_cos": _median([t.role_cos for t in self.tensors]),
                 "median_rms_ratio": _median([t.rms_ratio for t in self.tensors]),
+                "median_dup_rows": _median([t.dup_rows for t in mats]),
                 "degenerate": sum(bool(t.flags()) for t in self.tensors)}
 
     def __str__(self) -> str:
@@ -116,7 +137,8 @@ def _fmt(v: Optional[float]) -> str:
 def format_summary(name: str, s: Dict[str, Any], flagged: Sequence[TensorStats] = (), top: int = 8) -> str:
     lines = [f"{name}: {s['tensors']} tensors ({s['matrices']} matrices) | effective rank / default "
              f"{_fmt(s['median_rank_ratio'])} | top-sigma energy {_fmt(s['median_top_energy'])} | same-role cos "
-             f"{_fmt(s['median_role_cos'])} | RMS / default {_fmt(s['median_rms_ratio'])} (medians) | "
+             f"{_fmt(s['median_role_cos'])} | RMS / default {_fmt(s['median_rms_ratio'])} | copied channels "
+             f"{_fmt(s.get('median_dup_rows'))} (medians) | "
              f"degenerate: {s['degenerate']}"]
     for t in list(flagged)[:top]:
         lines.append(f"  ! {t.name} {tuple(t.shape)}: " + "; ".join(t.flags()))
@@ -163,6 +185,7 @@ def inspect_params(params: Dict[str, Tensor], reference: Dict[str, Tensor], role
         if len(shape) >= 2 and min(shape[0], math.prod(shape[1:])) > 1:
             st.eff_rank, st.top_energy = spectrum(t.reshape(shape))
             st.default_eff_rank, _ = spectrum(reference[k].reshape(shape))
+            st.dup_rows = duplicate_rows(t.reshape(shape))
             by_role.setdefault(role, []).append(i)  # vectors (norm gains all 1 by default) are alike by design
         stats.append(st)
     for idx in by_role.values():
@@ -208,5 +231,5 @@ def zoo_summary(inspections: Sequence[Inspection]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Inspection", "TensorStats", "inspect_model", "inspect_params", "spectrum", "default_init",
+__all__ = ["Inspection", "TensorStats", "inspect_model", "inspect_params", "spectrum", "duplicate_rows", "default_init",
            "zoo_summary", "format_summary"]

@@ -98,3 +98,23 @@ def test_position_features_tell_repeated_blocks_apart():
     rows = x[lin]
     assert torch.equal(rows[0, :9], rows[1, :9])  # the same shape features ...
     assert (torch.cdist(rows, rows) + torch.eye(3) * 1e3).min() > 0.1  # ... but distinct positions
+
+
+def test_copied_output_channels_are_flagged():
+    from ghn.inspect import duplicate_rows
+
+    torch.manual_seed(0)
+    w = torch.randn(32, 16, 3, 3)
+    assert duplicate_rows(w) == 0.0  # default-like: no two channels alike
+    copies = w.clone()
+    copies[16:] = copies[:16] * 2.0  # a widening identity: channel o + 16 repeats channel o (up to scale)
+    assert duplicate_rows(copies) == 1.0
+    assert duplicate_rows(torch.randn(32, 4)) is None  # 4 inputs per output: too short to tell
+    model = TwoBlocks()
+    ref = dict(model.named_parameters())
+    a = ref["a.weight"].detach().clone()
+    a[32:] = a[:32]
+    rep = inspect_params(dict(ref, **{"a.weight": a}), ref)
+    flags = {t.name: " ".join(t.flags()) for t in rep.tensors}
+    assert "100% of output channels are copies" in flags["a.weight"] and flags["b.weight"] == ""
+    assert "copied channels" in str(rep)
