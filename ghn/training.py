@@ -117,6 +117,7 @@ def resume_config(checkpoint: str, **overrides: Any) -> TrainConfig:
     meta = GraphHyperNetwork.load(ck / "ghn.safetensors").extra if rundir.is_checkpoint(ck) else {}
     stored = dict(meta.get("train_config") or {})
     known = {f.name for f in fields(TrainConfig)}
+    stored.pop("init_from", None)  # how the run began; a resume continues from the checkpoint itself
     return TrainConfig(**{**{k: v for k, v in stored.items() if k in known}, "resume": checkpoint, **overrides})
 
 

@@ -252,3 +252,18 @@ def test_channels_last_gives_the_same_losses_and_gradients_up_to_rounding():
     _, _, _, g1 = normalized_arch_grads(preds, models, x, y)
     _, _, _, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True)
     assert all(u.shape == v.shape and torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(g1, g2))
+
+
+def test_a_run_started_with_init_from_resumes(tmp_path):
+    from ghn.training import resume_config
+
+    base = cfg(tmp_path, "base", steps=3)
+    train(base, data=ProtoData(), archs=ToyArchs())
+    src = os.path.join(base.out_dir, "ghn.safetensors")
+    run = cfg(tmp_path, "run", steps=4, ckpt_every=2, init_from=src)
+    train(run, data=ProtoData(), archs=ToyArchs())
+    again = resume_config(os.path.join(run.out_dir, "ckpt-0000002"), out_dir=str(tmp_path / "again"), steps=4,
+                          ghn=SMALL)
+    assert again.init_from is None  # the checkpoint is the starting point now
+    train(again, data=ProtoData(), archs=ToyArchs())
+    assert losses(again.out_dir) == losses(run.out_dir)[2:]
