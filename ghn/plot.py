@@ -60,12 +60,12 @@ def _smooth(v: Sequence[float], k: int) -> List[float]:
     return [statistics.mean(v[max(0, i - k + 1):i + 1]) for i in range(len(v))]
 
 
-def plot_curve(log: str, out: str, smooth: int = 20) -> str:
-    """Training loss and accuracy against step and against CPU-hours."""
+def plot_curve(log: str, out: str, smooth: int = 20, cores: int = 1) -> str:
+    """Training loss and accuracy against step and against CPU-hours (wall time x ``cores`` the run used)."""
     plt = _plt()
     recs = read_log(log)
     steps = [r["step"] for r in recs]
-    hours = cpu_hours(recs)
+    hours = cpu_hours(recs, cores)
     fig, ax = plt.subplots(2, 2, figsize=(10, 6), sharey="row")
     for col, (x, label) in enumerate(((steps, "step"), (hours, "CPU-hours"))):
         ax[0, col].plot(x, _smooth([r["loss"] for r in recs], smooth), lw=1)
@@ -157,10 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("input", help="log.jsonl (curve) or a results .json with per-architecture rows")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--smooth", type=int, default=20, help="curve: moving-mean window in logged records")
+    p.add_argument("--cores", type=int, default=1,
+                   help="curve: CPU cores the run used (processes x threads): CPU-hours = wall hours x cores")
     a = p.parse_args(argv)
     try:
         if a.kind == "curve":
-            path = plot_curve(a.input, a.out, a.smooth)
+            path = plot_curve(a.input, a.out, a.smooth, a.cores)
         else:
             path = (plot_scatter if a.kind == "scatter" else plot_families)(a.input, a.out)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:

@@ -16,6 +16,7 @@ def test_plots_from_a_tiny_log_and_results(tmp_path):
     got = read_log(str(log))
     assert [r["step"] for r in got] == list(range(10, 110, 10))  # repeated step once, torn line dropped
     assert cpu_hours(got)[-1] == pytest.approx(100 * 4 / 2.0 / 3600)
+    assert cpu_hours(got, 2)[-1] == pytest.approx(2 * 100 * 4 / 2.0 / 3600)  # one process of 2 threads
     res = tmp_path / "eval.json"
     rows = [{"family": f, "norm": "bn", "acc_pred": 0.1 * i, "acc_default": 0.1, "ft_pred": 0.5, "ft_default": 0.4}
             for i, f in enumerate(["cnn", "cnn", "vit"])]
