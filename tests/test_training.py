@@ -202,18 +202,22 @@ def test_standardized_logits_keep_the_prediction_and_ignore_scale():
     assert torch.allclose(z.std(-1), torch.full((16,), 4.0), atol=1e-3)
 
 
-def test_arch_grad_norm_gives_each_architecture_a_unit_gradient_in_its_loss_direction():
-    from models import ToyArchs
-
+def two_toy_networks(in_channels=1):
+    """Two toy architectures, a batch for them, an untrained small hypernetwork and their graphs (seeded)."""
     from ghn.graph import ArchGraph
-    from ghn.training import normalized_arch_grads
 
     torch.manual_seed(0)
     archs = ToyArchs()
-    models = [archs.build(i, num_classes=4, in_channels=1, image_size=8) for i in range(2)]
-    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
-    hyper = GraphHyperNetwork(**SMALL)
-    preds = hyper([ArchGraph.from_module(m, x[:2]) for m in models])
+    models = [archs.build(i, num_classes=4, in_channels=in_channels, image_size=8) for i in range(2)]
+    x, y = torch.randn(8, in_channels, 8, 8), torch.randint(0, 4, (8,))
+    return models, x, y, GraphHyperNetwork(**SMALL), [ArchGraph.from_module(m, x[:2]) for m in models]
+
+
+def test_arch_grad_norm_gives_each_architecture_a_unit_gradient_in_its_loss_direction():
+    from ghn.training import normalized_arch_grads
+
+    models, x, y, hyper, graphs = two_toy_networks()
+    preds = hyper(graphs)
     losses_, _, tensors, grads = normalized_arch_grads(preds, models, x * 50, y)  # a steep loss: large raw grads
     assert len(tensors) == len(grads) == sum(len({id(t) for t in p.values()}) for p in preds)
     k = len({id(t) for t in preds[0].values()})
@@ -234,17 +238,9 @@ def test_arch_grad_norm_trains(tmp_path):
 
 
 def test_channels_last_gives_the_same_losses_and_gradients_up_to_rounding():
-    from models import ToyArchs
-
-    from ghn.graph import ArchGraph
     from ghn.training import meta_batch_loss, normalized_arch_grads
 
-    torch.manual_seed(0)
-    archs = ToyArchs()
-    models = [archs.build(i, num_classes=4, in_channels=3, image_size=8) for i in range(2)]
-    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
-    hyper = GraphHyperNetwork(**SMALL)
-    graphs = [ArchGraph.from_module(m, x[:2]) for m in models]
+    models, x, y, hyper, graphs = two_toy_networks(in_channels=3)
     a, _ = meta_batch_loss(hyper, models, graphs, x, y)
     b, _ = meta_batch_loss(hyper, models, graphs, x, y, channels_last=True)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
