@@ -11,7 +11,6 @@ state of the campaign (``runs/campaign/``) continues the run exactly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,19 +22,9 @@ from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path wh
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _log(path: Path) -> dict:
-    recs = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:  # a torn last line
-            continue
-        recs[int(r["step"])] = r
-    return recs
-
-
 def main(argv=None) -> int:
     from ghn import rundir
+    from ghn.plot import read_log
     from ghn.training import resume_config, train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +45,7 @@ def main(argv=None) -> int:
                         ckpt_every=10**9, keep_checkpoints=0)
     os.chdir(ROOT)  # the stored --archs path is relative to the repository
     train(cfg)
-    orig, new = _log(run / "log.jsonl"), _log(tmp / "log.jsonl")
+    orig, new = ({r["step"]: r for r in read_log(str(p))} for p in (run / "log.jsonl", tmp / "log.jsonl"))
     common = sorted(set(orig) & set(new))
     same = [orig[s]["loss"] == new[s]["loss"] and orig[s]["acc"] == new[s]["acc"] for s in common]
     doc = {"checkpoint": str(ck), "resumed_to": max(new) if new else None, "steps_compared": common,
