@@ -4,7 +4,8 @@
 Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its metadata: how it was chosen, the
 training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint: the logged archs/s of
 every interval, times ``--cores``), the machine, the command that trained it and the validation figures of
-``--result`` (a ``benchmarks/proxy.py`` results file).
+``--result`` (a ``benchmarks/proxy.py`` results file). A checkpoint written before train.py recorded the op types
+it trained on (``trained_ops``) gets them from a scan of ``--scan`` architectures spread over its training pool.
 
     python benchmarks/ship.py --ckpt runs/proxy/NAME/ghn.safetensors --result benchmarks/results/proxy/NAME.json
 """
@@ -18,6 +19,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def scan_trained_ops(extra: dict, n: int) -> list:
+    """Op types owning parameters in ``n`` architectures spread evenly over the pool a checkpoint trained on."""
+    from tqdm.auto import tqdm
+
+    from ghn.archs.storage import ArchDataset
+    from ghn.archstream import ArchPool, select_archs
+    from ghn.task import Task
+
+    tc, task = extra["train_config"], Task.from_dict(extra)
+    archs = ArchDataset(tc["archs"])
+    idx = select_archs(archs, tc["archs"], tc.get("arch_filter", ""), tc.get("max_arch_params", 0),
+                       tc.get("pool_size", 0), task) or list(range(len(archs)))
+    pool = ArchPool(archs, task, cache_size=0, indices=idx[::max(1, len(idx) // n)][:n])
+    ops = set()
+    for i in tqdm(range(len(pool)), desc="scan trained ops", leave=False):
+        ops |= {ref.op for _, ref in pool.get(i, "cpu")[1].param_refs()}
+    return sorted(ops)
+
+
 def main(argv=None) -> int:
     from ghn.hypernet import GraphHyperNetwork
     from ghn.plot import cpu_hours, read_log
@@ -27,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--result", required=True, help="the proxy.py results file of that checkpoint")
     p.add_argument("--cores", type=int, default=2, help="CPU cores the training used (processes x threads)")
     p.add_argument("--chosen-by", default="benchmarks/proxy.py, criterion declared in docs/BENCHMARKS.md")
+    p.add_argument("--scan", type=int, default=2000,
+                   help="architectures scanned for the trained op types when the checkpoint lacks them")
     p.add_argument("--out", default=str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))
     a = p.parse_args(argv)
     ghn = GraphHyperNetwork.load(a.ckpt)
@@ -44,6 +66,9 @@ def main(argv=None) -> int:
     extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(wall * a.cores, 2),
              "wall_hours": round(wall, 2), "machine": f"{a.cores}-core CPU, no GPU", "val": val,
              "command": res.get("command")}
+    if extra.get("trained_ops") is None:
+        extra["trained_ops"] = scan_trained_ops(extra, a.scan)
+        print(f"trained op types (scan of {a.scan} architectures of the pool): {', '.join(extra['trained_ops'])}")
     extra.pop("archs", None)  # a path on the training machine
     ghn.save(a.out, extra=extra)
     print(f"shipped {a.ckpt} -> {a.out} (step {extra.get('step')}, {extra['cpu_hours']} CPU-hours; val "

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import AbstractSet, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -135,11 +135,14 @@ class LowRankDecoder(nn.Module):
         return torch.cos(offs @ self.kfreq.t() + self.kphase) * math.sqrt(2.0 / self.kernel_code_dim)
 
     # -- decoding --------------------------------------------------------------------------------------------
-    def forward(self, node_emb: Tensor, refs: Sequence[ParamRef]) -> List[Tensor]:
+    def forward(self, node_emb: Tensor, refs: Sequence[ParamRef],
+                trusted_ops: Optional[AbstractSet[str]] = None) -> List[Tensor]:
         """Decode one tensor per ref (``node_emb[i]`` is the embedding of the node owning ``refs[i]``).
 
         Refs of the same shape and kind are decoded together in one batched einsum; the result for a ref does
-        not depend on which other refs are in the batch.
+        not depend on which other refs are in the batch. With ``trusted_ops`` (the op types the hypernetwork was
+        trained on), a matrix of any other op type gets the neutral scale factor 1 (LeCun RMS): its learned factor
+        would be an extrapolation (an image-trained hypernetwork never saw an embedding table).
         """
         if len(refs) == 0:
             return []
@@ -153,14 +156,15 @@ class LowRankDecoder(nn.Module):
         for (kind, shape), idx in groups.items():
             c = ctx[idx]
             if kind == "matrix":
-                ws = self._matrices(c, shape, [refs[i] for i in idx])
+                ws = self._matrices(c, shape, [refs[i] for i in idx], trusted_ops)
             else:
                 ws = self._vectors(c, shape[0] if shape else 1, kind)
             for j, i in enumerate(idx):
                 out[i] = ws[j].reshape(refs[i].shape)
         return out
 
-    def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef]) -> Tensor:
+    def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef],
+                  trusted_ops: Optional[AbstractSet[str]] = None) -> Tensor:
         g, r, d = c.shape[0], self.rank, self.code_dim
         n_out, n_in, kernel = shape[0], shape[1], shape[2:]
         e_out, e_in = self.index_code(n_out), self.index_code(n_in)
@@ -168,7 +172,11 @@ class LowRankDecoder(nn.Module):
         b = torch.einsum("jd,gdr->gjr", e_in, self.head_b(c).view(g, d, r))
         k = torch.einsum("pd,gdr->gpr", self.kernel_code(kernel), self.head_k(c).view(g, self.kernel_code_dim, r))
         fan_in = torch.tensor([float(ref.fan_in) for ref in refs], device=c.device, dtype=c.dtype)
-        scale = fan_in.rsqrt() * torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
+        factor = torch.exp(2 * torch.tanh(self.head_scale(c).squeeze(-1) / 2))
+        if trusted_ops is not None and any(ref.op not in trusted_ops for ref in refs):
+            seen = torch.tensor([ref.op in trusted_ops for ref in refs], device=c.device)
+            factor = torch.where(seen, factor, torch.ones_like(factor))
+        scale = fan_in.rsqrt() * factor
         if self.orth:  # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
             w = flat_low_rank(a, cols)

@@ -13,7 +13,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -146,6 +146,20 @@ class GraphHyperNetwork(nn.Module):
         return Task.from_dict(getattr(self, "extra", None))
 
     @property
+    def trained_ops(self) -> Optional[FrozenSet[str]]:
+        """Op types of the parameters this hypernetwork was trained on, from its checkpoint (``None``: not
+        recorded, every op trusted). Matrices of other op types get the neutral scale (see the decoder)."""
+        ops = getattr(self, "extra", {}).get("trained_ops")
+        return None if ops is None else frozenset(ops)
+
+    def record_trained_ops(self, graphs: Sequence[ArchGraph]) -> None:
+        """Add the op types owning parameters in ``graphs`` to :attr:`trained_ops` (the trainer, before a step)."""
+        ops = {ref.op for g in graphs for _, ref in g.param_refs()}
+        have = set(getattr(self, "extra", {}).get("trained_ops") or ())
+        if not ops <= have:
+            self.extra = {**getattr(self, "extra", {}), "trained_ops": sorted(have | ops)}
+
+    @property
     def device(self) -> torch.device:
         return self.decoder.freq.device
 
@@ -202,7 +216,7 @@ class GraphHyperNetwork(nn.Module):
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
-        tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs)
+        tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
         for gi, ref, t in zip(owner, refs, tensors):
             out[gi][ref.name] = t

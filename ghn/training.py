@@ -348,6 +348,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
         if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
             ghn = GraphHyperNetwork(self._saved.config)
+            ghn.extra = {"trained_ops": self._saved.extra.get("trained_ops") or []}
         elif cfg.init_from:
             ghn = _init_from(cfg.init_from, cfg.ghn)
         else:
@@ -401,6 +402,7 @@ class Trainer:
         bi = torch.randint(len(self.labels), (cfg.batch_size,),
                            generator=step_rng(cfg.seed, st.step, acc.process_index, "images"))
         x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
+        self.inner.record_trained_ops(graphs)  # before the forward: an op is trusted from its first step on
         with acc.accumulate(self.ghn):
             batch = self.inner.to_pyg_batch(graphs, datas)
             with acc.autocast():
@@ -470,6 +472,7 @@ class Trainer:
         if acc.is_main_process:
             st.write(tmp / "trainer_state.json")
             extra = {"step": st.step, "archs": str(self.cfg.archs), **self.task.to_dict(), "dataset": self.cfg.dataset,
+                     "trained_ops": sorted(self.inner.trained_ops or ()),
                      "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")}}
             self.inner.save(tmp / "ghn.safetensors", extra=extra)
             rundir.publish(tmp, final)

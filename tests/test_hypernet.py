@@ -271,3 +271,24 @@ def test_noise_share_breaks_duplicated_channels_deterministically():
     assert torch.equal(noisy.stem.weight, again.stem.weight)  # seeded by name: the same model, the same weights
     with pytest.raises(ValueError, match="noise_share"):
         GraphHyperNetwork(noise_share=1.0)
+
+
+def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):
+    ghn = make_ghn()
+    with torch.no_grad():
+        ghn.decoder.head_scale.bias.fill_(1.5)  # a learned factor far from 1: e^(2 tanh 0.75) = 3.3
+    model, x = TinyGPT(), torch.randint(0, 50, (2, 8))
+    graph = ArchGraph.from_module(model, x)
+    table = next(r for _, r in graph.param_refs() if r.op == "embedding")
+    rms = lambda p: float(p[table.name].pow(2).mean().sqrt()) * math.sqrt(table.fan_in)  # noqa: E731
+    assert ghn.trained_ops is None and rms(ghn.predict_params(model, graph=graph)) > 3  # untrained: all trusted
+    ghn.record_trained_ops([ArchGraph.from_module(TinyCNN(), torch.randn(2, 1, 12, 12))])
+    assert "conv" in ghn.trained_ops and "embedding" not in ghn.trained_ops
+    preds = ghn.predict_params(model, graph=graph)
+    assert abs(rms(preds) - 1.0) < 1e-4  # never trained on: LeCun RMS, not an extrapolated factor
+    lin = next(r for _, r in graph.param_refs() if r.op == "linear")  # TinyCNN has a classifier: trained on
+    assert float(preds[lin.name].pow(2).mean().sqrt()) * math.sqrt(lin.fan_in) > 3
+    ghn.record_trained_ops([graph])  # now it is: the learned factor again
+    assert rms(ghn.predict_params(model, graph=graph)) > 3
+    ghn.save(tmp_path / "g.safetensors", extra=ghn.extra)
+    assert GraphHyperNetwork.load(tmp_path / "g.safetensors").trained_ops == ghn.trained_ops

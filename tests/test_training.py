@@ -46,6 +46,9 @@ def test_resume_reproduces_next_steps_exactly(tmp_path):
     a, b = state(os.path.join(straight.out_dir, "ghn.safetensors")), state(
         os.path.join(resumed.out_dir, "ghn.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    ops = GraphHyperNetwork.load(os.path.join(straight.out_dir, "ghn.safetensors")).trained_ops
+    assert {"conv", "linear"} <= ops  # recorded: what the decoder trusts the learned scale of
+    assert GraphHyperNetwork.load(os.path.join(resumed.out_dir, "ghn.safetensors")).trained_ops == ops
 
 
 def test_resume_from_wrong_dir_is_a_clear_error(tmp_path):
