@@ -48,10 +48,16 @@ def classifier_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def parse_overrides(variant: str) -> dict:
+    """``"noise_share=0.5+orth=true"`` -> config overrides, typed like the :class:`GHNConfig` fields."""
+    from dataclasses import fields
+
+    from ghn.hypernet import GHNConfig
+
+    types = {f.name: type(f.default) for f in fields(GHNConfig)}
     out = {}
     for kv in variant.split("+"):
         k, v = kv.split("=")
-        out[k] = v.lower() in ("1", "true") if k == "orth" else float(v)
+        out[k] = v.lower() in ("1", "true") if types[k] is bool else types[k](v)
     return out
 
 

@@ -24,7 +24,11 @@ Against rank collapse (docs/DESIGN.md, "decoder"), by construction rather than b
 Scaling is fan-in aware: the raw matrix is normalised to RMS ``sqrt(1 / fan_in)`` (LeCun variance; for embedding
 tables fan_in is the embedding width) times a learned, op- and layer-dependent factor in ``[e^-2, e^2]`` (so a
 ReLU conv can move to Kaiming's sqrt(2 / fan_in) and a residual branch can shrink), so predictions start with a
-sensible variance and training only learns deviations. Gains start at 1, biases and shifts near 0.
+sensible variance and training only learns deviations. Gains start at 1, biases and shifts near 0. A matrix whose
+output feeds normalisations only (``default_scale_under_norm``) takes PyTorch's default-init RMS
+``sqrt(1 / (3 fan_in))`` instead: the normalisation divides its scale out, so the loss cannot teach it (the factor
+stayed near its initial 1, 1.5x default), and under a normalisation the scale sets the effective learning rate of
+fine-tuning (``lr / scale^2``): the default scale is the one SGD recipes are tuned for.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ MAX_KERNEL_DIMS = 3
 VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "token": (0.0, 1.0)}
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
 BASE_KINDS = ("gaussian", "identity", "mixed")
+# RMS of nn.Linear / nn.ConvNd default init (kaiming_uniform_ with a = sqrt(5): U(+-1/sqrt(fan_in))), times sqrt(fan_in)
+DEFAULT_INIT_RMS = 1.0 / math.sqrt(3.0)
 
 
 class DecoderShapeError(ValueError):
@@ -82,7 +88,8 @@ class LowRankDecoder(nn.Module):
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
                  code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9,
-                 bounded_vectors: bool = True, base_kind: str = "gaussian", noise_share: float = 0.0):
+                 bounded_vectors: bool = True, base_kind: str = "gaussian", noise_share: float = 0.0,
+                 default_scale_under_norm: bool = False):
         super().__init__()
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
@@ -93,7 +100,7 @@ class LowRankDecoder(nn.Module):
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
         self.base, self.orth, self.bounded_vectors, self.base_kind = base, orth, bounded_vectors, base_kind
         self.max_angle = math.asin(math.sqrt(max_pred_share))
-        self.noise_share = noise_share
+        self.noise_share, self.default_scale_under_norm = noise_share, default_scale_under_norm
         ctx = 2 * hidden
         self.context = nn.Sequential(nn.Linear(hidden + NUM_PARAM_FEATURES, ctx), nn.GELU(),
                                      nn.Linear(ctx, ctx), nn.GELU())
@@ -135,14 +142,15 @@ class LowRankDecoder(nn.Module):
         return torch.cos(offs @ self.kfreq.t() + self.kphase) * math.sqrt(2.0 / self.kernel_code_dim)
 
     # -- decoding --------------------------------------------------------------------------------------------
-    def forward(self, node_emb: Tensor, refs: Sequence[ParamRef],
-                trusted_ops: Optional[AbstractSet[str]] = None) -> List[Tensor]:
+    def forward(self, node_emb: Tensor, refs: Sequence[ParamRef], trusted_ops: Optional[AbstractSet[str]] = None,
+                norm_fed: Optional[Sequence[bool]] = None) -> List[Tensor]:
         """Decode one tensor per ref (``node_emb[i]`` is the embedding of the node owning ``refs[i]``).
 
         Refs of the same shape and kind are decoded together in one batched einsum; the result for a ref does
         not depend on which other refs are in the batch. With ``trusted_ops`` (the op types the hypernetwork was
         trained on), a matrix of any other op type gets the neutral scale factor 1 (LeCun RMS): its learned factor
-        would be an extrapolation (an image-trained hypernetwork never saw an embedding table).
+        would be an extrapolation (an image-trained hypernetwork never saw an embedding table). ``norm_fed[i]``
+        tells whether the output of ``refs[i]``'s node feeds normalisations only (``default_scale_under_norm``).
         """
         if len(refs) == 0:
             return []
@@ -156,7 +164,8 @@ class LowRankDecoder(nn.Module):
         for (kind, shape), idx in groups.items():
             c = ctx[idx]
             if kind == "matrix":
-                ws = self._matrices(c, shape, [refs[i] for i in idx], trusted_ops)
+                fed = [bool(norm_fed[i]) for i in idx] if norm_fed is not None else None
+                ws = self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed)
             else:
                 ws = self._vectors(c, shape[0] if shape else 1, kind)
             for j, i in enumerate(idx):
@@ -164,7 +173,8 @@ class LowRankDecoder(nn.Module):
         return out
 
     def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef],
-                  trusted_ops: Optional[AbstractSet[str]] = None) -> Tensor:
+                  trusted_ops: Optional[AbstractSet[str]] = None, norm_fed: Optional[Sequence[bool]] = None
+                  ) -> Tensor:
         g, r, d = c.shape[0], self.rank, self.code_dim
         n_out, n_in, kernel = shape[0], shape[1], shape[2:]
         e_out, e_in = self.index_code(n_out), self.index_code(n_in)
@@ -176,6 +186,9 @@ class LowRankDecoder(nn.Module):
         if trusted_ops is not None and any(ref.op not in trusted_ops for ref in refs):
             seen = torch.tensor([ref.op in trusted_ops for ref in refs], device=c.device)
             factor = torch.where(seen, factor, torch.ones_like(factor))
+        if self.default_scale_under_norm and norm_fed is not None and any(norm_fed):
+            fed = torch.tensor(norm_fed, device=c.device)
+            factor = torch.where(fed, torch.full_like(factor, DEFAULT_INIT_RMS), factor)
         scale = fan_in.rsqrt() * factor
         if self.orth:  # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)

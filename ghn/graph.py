@@ -11,12 +11,13 @@ walking, no per-model special cases, no dense N x N matrices. Features and the P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import torch
 import torch.nn as nn
 
 from ghn.features import NUM_NODE_FEATURES, shortest_path_edges  # noqa: F401  (re-exported)
+from ghn.ops import NORM_OPS
 from ghn.tracing import (  # noqa: F401
     PARAM_KINDS,
     VECTOR_KINDS,
@@ -168,6 +169,14 @@ class ArchGraph:
 
     def __repr__(self) -> str:
         return f"ArchGraph({self.model_name}: {len(self.nodes)} nodes, {len(self.edges)} edges, {self._coverage})"
+
+    def norm_fed(self) -> Set[int]:
+        """Nodes whose output feeds normalisations only: the scale of their weights is divided out (not part of
+        the function), it only sets how fast SGD moves them."""
+        succ: Dict[int, List[str]] = {}
+        for src, dst in self.edges:
+            succ.setdefault(src, []).append(self.nodes[dst].op)
+        return {src for src, ops in succ.items() if all(op in NORM_OPS for op in ops)}
 
     def param_refs(self) -> List[Tuple[int, ParamRef]]:
         """``(node index, ParamRef)`` for every parameter tensor to predict, in node order, tied uses excluded."""

@@ -60,6 +60,9 @@ class GHNConfig:
                                   # for every architecture (consistent channel meaning); "mixed": half of each
     noise_share: float = 0.0      # energy fraction of a fixed name-seeded Gaussian added to every matrix after the
                                   # gate: a full-rank floor that breaks the symmetry of duplicated channels
+    default_scale_under_norm: bool = True  # a matrix whose output only feeds normalisations gets PyTorch's default-
+                                  # init RMS: its scale is divided out of the function (so the loss cannot teach
+                                  # it) and sets only the effective fine-tuning learning rate
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -91,7 +94,8 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
-                                 "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0}
+                                 "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
+                                 "default_scale_under_norm": False}
 
 
 @dataclass
@@ -138,7 +142,7 @@ class GraphHyperNetwork(nn.Module):
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
-                                      c.noise_share)
+                                      c.noise_share, c.default_scale_under_norm)
 
     @property
     def task(self) -> Task:
@@ -210,13 +214,16 @@ class GraphHyperNetwork(nn.Module):
     def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
-        node_idx, refs, owner = [], [], []
+        node_idx, refs, owner, fed = [], [], [], []
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
+            norm_fed = g.norm_fed()
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
-        tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops)
+                fed.append(ni in norm_fed)
+        tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops,
+                               fed)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
         for gi, ref, t in zip(owner, refs, tensors):
             out[gi][ref.name] = t

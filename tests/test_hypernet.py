@@ -292,3 +292,22 @@ def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):
     assert rms(ghn.predict_params(model, graph=graph)) > 3
     ghn.save(tmp_path / "g.safetensors", extra=ghn.extra)
     assert GraphHyperNetwork.load(tmp_path / "g.safetensors").trained_ops == ghn.trained_ops
+
+
+def test_default_scale_under_norm_keeps_the_function_and_takes_the_default_rms():
+    ghn = make_ghn(default_scale_under_norm=False)
+    with torch.no_grad():
+        ghn.decoder.head_scale.bias.fill_(1.0)  # a learned factor of e^(2 tanh 0.5) = 2.5
+    on = ghn.with_config(default_scale_under_norm=True)
+    x = torch.randn(8, 1, 12, 12)
+    m_off, m_on = TinyCNN(depth=2), TinyCNN(depth=2)
+    ghn.initialize(m_off, x)
+    on.initialize(m_on, x)
+    rms = lambda w: float(w.pow(2).mean().sqrt()) * 3  # noqa: E731  (fan_in 9 for the stem and depthwise convs)
+    for w in (m_on.stem.weight, m_on.blocks[1][0].weight):  # feed a BatchNorm: PyTorch's default-init RMS
+        assert abs(rms(w) - 1 / math.sqrt(3)) < 1e-5
+    assert rms(m_off.stem.weight) > 2
+    assert torch.equal(m_on.fc.weight, m_off.fc.weight)  # the classifier and the conv before the residual add
+    assert torch.equal(m_on.blocks[0][3].weight, m_off.blocks[0][3].weight)  # keep their learned scale
+    assert torch.allclose(m_on.train()(x), m_off.train()(x), atol=1e-3)  # the normalisation divides the scale out
+    assert GraphHyperNetwork().config.default_scale_under_norm  # the fresh-run design
