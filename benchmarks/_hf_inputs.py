@@ -349,6 +349,27 @@ def _sequences(cfg, params) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in x.items() if k in params}
 
 
+def _patches(cfg, params) -> Dict[str, torch.Tensor]:
+    """Pix2Struct-style ``flattened_patches`` (row and column index in the first two features), and for a model
+    that places the image embeddings into the text (Kosmos-2.5: one position per latent query) the text with them."""
+    if "flattened_patches" not in params:
+        return {}
+    vision = getattr(cfg, "vision_config", None) or cfg
+    n, side = 16, 4
+    fp = torch.randn(1, n, vision.patch_embed_hidden_size + 2)
+    fp[..., 0] = torch.arange(n) // side + 1
+    fp[..., 1] = torch.arange(n) % side + 1
+    x = {"flattened_patches": fp}
+    q = _get(cfg, "latent_query_num")
+    if "image_embeds_position_mask" in params and _is_int(q):
+        x["input_ids"] = torch.randint(0, 100, (1, SEQ + q))
+        x["image_embeds_position_mask"] = torch.zeros_like(x["input_ids"])
+        x["image_embeds_position_mask"][:, 1:1 + q] = 1
+        if "attention_mask" in params:
+            x["attention_mask"] = torch.ones_like(x["input_ids"])
+    return x
+
+
 _MISMATCH = re.compile(r"(Image|Video|Audio) features and \w+ tokens do not match[:,] tokens: (\d+), features:? (\d+)")
 
 
@@ -376,6 +397,7 @@ def example_inputs(model, cfg) -> Dict[str, Any]:
         if "input_boxes_labels" in params:
             x["input_boxes_labels"] = torch.ones(1, 1, dtype=torch.long)
     x.update(_sequences(cfg, params))
+    x.update(_patches(cfg, params))
     try:
         return _placeholders(model, cfg, dict(x), params)
     except Exception as e:

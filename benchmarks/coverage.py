@@ -4,10 +4,11 @@
 Every model is built from a small random config (no download; ``_hf_inputs.small_config``): two attention heads of
 the original head size, 2 layers (one of each kind where layers differ), 4 experts, a vocabulary of 1,000; and runs on
 inputs for every tower its forward takes (``_hf_inputs.example_inputs``: text, images, audio, decoder ids, image
-placeholder tokens). Per model it records: the inputs, the fraction of parameter tensors the graph covers
-(``strict=False``), the reasons for what is left untouched, whether ``strict=True`` works, seconds, the
-resident-memory growth, and whether the predicted model's outputs are finite and sensibly scaled (std against
-default init). Types that need a library not installed here (timm, detectron2) or that are no model (no forward)
+placeholder tokens). Per model it records: the inputs, the fraction of parameter tensors the graph of that one
+forward covers (``strict=False``), the fraction ``initialize`` predicts (``init_coverage``: also the leaf modules the
+forward never used, each predicted alone), the reasons for what is left untouched, whether ``strict=True`` works,
+seconds, the resident-memory growth, and whether the predicted model's outputs are finite and sensibly scaled (std
+against default init). Types that need a library not installed here (timm, detectron2) or that are no model (no forward)
 are skipped with the reason, counted apart. Writes benchmarks/results/coverage.json.
 
     python benchmarks/coverage.py --transformers 80 [--timm 150]
@@ -70,7 +71,9 @@ def check(name: str, build, hyper) -> dict:
             row["strict_ok"] = True
         except UnsupportedOpError as e:
             row["strict_ok"], row["strict_error"] = False, str(e)[:300]
-        hyper.initialize(model, graph=g)
+        report = hyper.initialize(model, graph=g)
+        row.update(init_coverage=report.fraction, alone=len(report.alone), untouched=dict(list(
+            report.untouched.items())[:5]))
         pred_std = _out_std(model, x)
         row.update(default_std=default_std, pred_std=pred_std, finite=math.isfinite(pred_std),
                    std_ratio=pred_std / default_std if default_std > 0 else math.nan)
@@ -142,11 +145,12 @@ def main(argv=None) -> int:
             row = check(name, build, hyper)
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                   if k not in ("unsupported", "unused", "strict_error", "inputs")}, flush=True)
+                   if k not in ("unsupported", "unused", "untouched", "strict_error", "inputs")}, flush=True)
     built = [r for r in rows if "error" not in r and "skipped" not in r]
     skipped = sum("skipped" in r for r in rows)
     summary = {"models": len(rows), "skipped": skipped, "attempted": len(rows) - skipped, "built": len(built),
-               "fully_covered": sum(r["coverage"] == 1.0 for r in built),
+               "graph_fully_covered": sum(r["coverage"] == 1.0 for r in built),
+               "fully_covered": sum(r.get("init_coverage") == 1.0 for r in built),
                "strict_ok": sum(r.get("strict_ok", False) for r in built),
                "tensor_coverage": sum(r["coverage"] * r["tensors"] for r in built) / max(1, sum(r["tensors"]
                                                                                                for r in built)),

@@ -13,7 +13,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ghn.decoder import LowRankDecoder
 from ghn.encoder import GraphEncoder
-from ghn.graph import ArchGraph
+from ghn.graph import ArchGraph, default_example_input
 from ghn.ops import OP_TYPES
 from ghn.task import Task
 
@@ -108,6 +108,7 @@ class InitReport:
     untouched: Dict[str, str] = field(default_factory=dict)
     num_predicted_values: int = 0
     frozen: List[str] = field(default_factory=list)  # requires_grad=False: left as they are, by design
+    alone: List[str] = field(default_factory=list)  # unused in the traced forward: predicted from their module alone
 
     @property
     def fraction(self) -> float:
@@ -121,6 +122,8 @@ class InitReport:
             s += f", {len(self.tied)} tied"
         if self.frozen:
             s += f", {len(self.frozen)} frozen left as they are"
+        if self.alone:
+            s += f", {len(self.alone)} unused in the traced forward and predicted from their module alone"
         if self.untouched:
             s += f"; left untouched {len(self.untouched)}: " + ", ".join(
                 f"{k} ({v})" for k, v in list(self.untouched.items())[:8])
@@ -235,7 +238,17 @@ class GraphHyperNetwork(nn.Module):
                        strict: bool = True) -> Dict[str, Tensor]:
         """Functional path: ``{param name: predicted tensor}`` for ``torch.func.functional_call``."""
         graph = graph or ArchGraph.from_module(model, example_input, strict=strict)
-        return self([graph])[0]
+        return self._predict_model(model, graph)
+
+    def _predict_model(self, model: nn.Module, graph: ArchGraph) -> Dict[str, Tensor]:
+        """``{name: tensor}`` for ``graph``, plus the leaf modules its forward never used, each predicted from its
+        own graph (:func:`unused_leaf_graphs`; in a batch of their own, so the model's own predictions do not depend
+        on them)."""
+        preds = dict(self([graph])[0])
+        leaves = unused_leaf_graphs(model, graph)
+        for (prefix, _), out in zip(leaves, self([g for _, g in leaves]) if leaves else []):
+            preds.update({f"{prefix}.{k}": t for k, t in out.items()})
+        return preds
 
     @torch.no_grad()
     def initialize(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
@@ -253,7 +266,7 @@ class GraphHyperNetwork(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            preds = self([graph])[0]
+            preds = self._predict_model(model, graph)
         finally:
             self.train(was_training)
         return write_params(model, preds, graph)
@@ -389,11 +402,38 @@ def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -
     cov = graph.coverage()
     report.tied = {k: v for k, v in cov.tied.items() if ":" not in k}
     for name in cov.unused:
-        report.untouched[name] = "not used in the traced forward pass"
+        if name in preds:
+            report.alone.append(name)
+        else:
+            report.untouched[name] = "not used in the traced forward pass"
     for name, fn in cov.unsupported.items():
         report.untouched[name] = f"consumed by unsupported op {fn}()"
     report.frozen = list(cov.frozen)
     return report
+
+
+def unused_leaf_graphs(model: nn.Module, graph: ArchGraph) -> List[Tuple[str, ArchGraph]]:
+    """``(module name, graph)`` of every leaf module whose parameters ``graph``'s forward never used (a training-only
+    embedding, a branch the example input did not take), traced alone on a guessed input. A module that cannot be
+    traced alone (no input to guess, an op outside the vocabulary) or holds frozen parameters is left out: its
+    parameters stay untouched and reported."""
+    unused = set(graph.coverage().unused)
+    if not unused:
+        return []
+    out = []
+    for name, m in model.named_modules():
+        own = [(f"{name}.{k}" if name else k, p) for k, p in m.named_parameters(recurse=False)]
+        if not name or not own or next(m.children(), None) is not None:
+            continue
+        if not all(k in unused and p.requires_grad for k, p in own):
+            continue
+        try:
+            g = ArchGraph.from_module(m, default_example_input(m), strict=True)
+        except Exception:  # noqa: BLE001  (any failure: the module stays untouched and reported)
+            continue
+        if len(g.param_refs()) and not g.coverage().unused:
+            out.append((name, g))
+    return out
 
 
 _DEFAULT: Dict[str, GraphHyperNetwork] = {}

@@ -437,4 +437,13 @@ def default_example_input(model: nn.Module, batch: int = 2, image_size: int = 32
             return torch.randint(0, m.num_embeddings, (batch, n), device=device)
         if isinstance(m, nn.Linear):
             return torch.randn(batch, m.in_features, device=device, dtype=dtype)
+    norm = next((m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+                                                               nn.modules.batchnorm._NormBase))), None)
+    if norm is not None:  # a normalisation alone (a module the model's forward never reached, traced by itself)
+        if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
+            return torch.randn(batch, *norm.normalized_shape, device=device, dtype=dtype)
+        c = norm.num_channels if isinstance(norm, nn.GroupNorm) else norm.num_features
+        dims = 1 if isinstance(norm, (nn.BatchNorm1d, nn.InstanceNorm1d)) else 3 if isinstance(
+            norm, (nn.BatchNorm3d, nn.InstanceNorm3d)) else 2
+        return torch.randn(batch, c, *([4] * dims), device=device, dtype=dtype)
     raise ValueError(f"cannot guess an example input for {type(model).__name__}; pass example_input=...")

@@ -88,20 +88,20 @@ def test_initialize_writes_into_real_parameters_and_keeps_ties():
 
 
 def test_report_lists_untouched_parameters():
-    class WithAux(nn.Module):
+    class WithAux(nn.Module):  # a bare parameter the forward never uses: no module to predict it from
         def __init__(self):
             super().__init__()
-            self.body, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+            self.body, self.aux = nn.Linear(4, 3), nn.Parameter(torch.randn(3, 4))
 
         def forward(self, x):
             return self.body(x)
 
     m = WithAux()
-    before = m.aux.weight.detach().clone()
+    before = m.aux.detach().clone()
     rep = make_ghn().initialize(m, torch.randn(2, 4))
-    assert set(rep.untouched) == {"aux.weight", "aux.bias"}
-    assert torch.equal(m.aux.weight, before)
-    assert "aux.weight" in str(rep)
+    assert set(rep.untouched) == {"aux"} and rep.alone == []
+    assert torch.equal(m.aux, before)
+    assert "aux (not used in the traced forward pass)" in str(rep)
 
 
 def test_any_number_of_classes_and_wide_layers_without_tiling():
@@ -311,3 +311,33 @@ def test_default_scale_under_norm_keeps_the_function_and_takes_the_default_rms()
     assert torch.equal(m_on.blocks[0][3].weight, m_off.blocks[0][3].weight)  # keep their learned scale
     assert torch.allclose(m_on.train()(x), m_off.train()(x), atol=1e-3)  # the normalisation divides the scale out
     assert GraphHyperNetwork().config.default_scale_under_norm  # the fresh-run design
+
+
+class _WithUnused(nn.Module):
+    """A classifier plus modules its forward never uses: a training-only embedding and norm, a frozen layer."""
+
+    def __init__(self, extras: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        if extras:
+            self.denoise_embed = nn.Embedding(10, 8)
+            self.aux_norm = nn.LayerNorm(8)
+            self.fixed = nn.Linear(8, 8).requires_grad_(False)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_modules_the_forward_never_uses_are_predicted_alone():
+    ghn, x = make_ghn(), torch.randn(2, 8)
+    m = _WithUnused()
+    before = {k: p.clone() for k, p in m.named_parameters()}
+    report = ghn.initialize(m, x)
+    assert sorted(report.alone) == ["aux_norm.bias", "aux_norm.weight", "denoise_embed.weight"]
+    assert report.untouched == {} and report.fraction == 1.0 and "predicted from their module alone" in str(report)
+    assert not torch.equal(m.denoise_embed.weight, before["denoise_embed.weight"])
+    assert m.denoise_embed.weight.std() < 0.5  # a LeCun-scaled table, not nn.Embedding's N(0, 1)
+    assert torch.equal(m.fixed.weight, before["fixed.weight"])  # frozen: never written
+    plain = _WithUnused(extras=False)
+    ghn.initialize(plain, x)
+    assert torch.equal(plain.fc.weight, m.fc.weight)  # the used part is predicted exactly as without the extras
