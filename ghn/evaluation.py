@@ -6,16 +6,19 @@ explicit seed: no global RNG state is read or changed.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ghn.tracing import call_model
+
 
 @torch.no_grad()
-def calibrate_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], params: Optional[Dict] = None) -> None:
-    """Re-estimate BatchNorm running statistics (cumulative average over ``batches``), no gradient steps."""
+def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any], params: Optional[Dict] = None) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average over ``batches``: tensors, argument tuples or
+    keyword dicts), no gradient steps."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -27,7 +30,7 @@ def calibrate_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], para
     model.train()
     for x in batches:
         if params is None:
-            model(x)
+            call_model(model, x)
         else:
             torch.func.functional_call(model, params, (x,), strict=False)
     for m, mom in zip(bns, momenta):

@@ -26,6 +26,7 @@ from ghn.tracing import (  # noqa: F401
     UnsupportedOpError,
     _Builder,
     _flatten,
+    call_model,
     default_example_input,
     squeeze_shape,
 )
@@ -108,12 +109,7 @@ class ArchGraph:
                 for t in ins:
                     b.add_node("input", [], t)
                 with b:
-                    if isinstance(example_input, dict):
-                        out = model(**example_input)
-                    elif isinstance(example_input, (tuple, list)):
-                        out = model(*example_input)
-                    else:
-                        out = model(example_input)
+                    out = call_model(model, example_input)
                 srcs: Dict[int, None] = {}
                 for t in _flatten(out):
                     srcs.update(dict.fromkeys(b._info(t)[0]))

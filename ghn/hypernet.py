@@ -109,6 +109,7 @@ class InitReport:
     num_predicted_values: int = 0
     frozen: List[str] = field(default_factory=list)  # requires_grad=False: left as they are, by design
     alone: List[str] = field(default_factory=list)  # unused in the traced forward: predicted from their module alone
+    norm_stats: str = ""  # how BatchNorm running statistics were set ("" when the model has none)
 
     @property
     def fraction(self) -> float:
@@ -124,6 +125,8 @@ class InitReport:
             s += f", {len(self.frozen)} frozen left as they are"
         if self.alone:
             s += f", {len(self.alone)} unused in the traced forward and predicted from their module alone"
+        if self.norm_stats:
+            s += f"; BatchNorm statistics {self.norm_stats}"
         if self.untouched:
             s += f"; left untouched {len(self.untouched)}: " + ", ".join(
                 f"{k} ({v})" for k, v in list(self.untouched.items())[:8])
@@ -252,9 +255,13 @@ class GraphHyperNetwork(nn.Module):
 
     @torch.no_grad()
     def initialize(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
-                   strict: bool = True) -> InitReport:
+                   strict: bool = True, norm_stats: bool = True) -> InitReport:
         """Copy predicted tensors into ``model``'s own parameters (in place, no attribute surgery).
 
+        With ``norm_stats``, BatchNorm running statistics are then re-estimated on the example input (one forward
+        in train mode, no gradient): the statistics of the replaced weights, or the fresh mean 0 / variance 1,
+        would make eval-mode outputs explode through depth (1e11 against 2 on a ResNet-50). Statistics of real data
+        are better still: :func:`ghn.evaluation.calibrate_norm_stats`.
         A model built on the ``meta`` device is materialised instead, one tensor group at a time on this
         hypernetwork's device (:func:`ghn.streaming.materialize`: peak memory is the model plus one group).
         """
@@ -269,7 +276,10 @@ class GraphHyperNetwork(nn.Module):
             preds = self._predict_model(model, graph)
         finally:
             self.train(was_training)
-        return write_params(model, preds, graph)
+        report = write_params(model, preds, graph)
+        if norm_stats and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            report.norm_stats = _reestimate_norm_stats(model, example_input)
+        return report
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save(self, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> None:
@@ -412,6 +422,19 @@ def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -
     return report
 
 
+def _reestimate_norm_stats(model: nn.Module, example_input: Any) -> str:
+    """BatchNorm statistics of ``model`` re-estimated on ``example_input`` (guessed when None); what was done."""
+    from ghn.evaluation import calibrate_norm_stats
+
+    if example_input is None:
+        try:
+            example_input = default_example_input(model)
+        except ValueError:
+            return "left as they were (no example input to re-estimate them on)"
+    calibrate_norm_stats(model, [example_input])
+    return "re-estimated on the example input"
+
+
 def unused_leaf_graphs(model: nn.Module, graph: ArchGraph) -> List[Tuple[str, ArchGraph]]:
     """``(module name, graph)`` of every leaf module whose parameters ``graph``'s forward never used (a training-only
     embedding, a branch the example input did not take), traced alone on a guessed input. A module that cannot be
@@ -452,18 +475,19 @@ def load_pretrained(path: Optional[PathLike] = None, device: Union[str, torch.de
 
 
 def initialize(model: nn.Module, example_input: Any = None, ghn: Union[None, PathLike, GraphHyperNetwork] = None,
-               strict: bool = True) -> InitReport:
+               strict: bool = True, norm_stats: bool = True) -> InitReport:
     """Predict all parameters of ``model`` and write them into it. Returns an :class:`InitReport`.
 
-    ``ghn`` is a hypernetwork, a checkpoint path, or ``None`` for the shipped pretrained one. Normalisation
-    running statistics are buffers and are not predicted: re-estimate them with
-    :func:`ghn.evaluation.calibrate_norm_stats` before evaluating in eval mode.
+    ``ghn`` is a hypernetwork, a checkpoint path, or ``None`` for the shipped pretrained one. BatchNorm running
+    statistics are buffers, not predicted: with ``norm_stats`` they are re-estimated on the example input (see
+    :meth:`GraphHyperNetwork.initialize`); statistics of real data are better, from
+    :func:`ghn.evaluation.calibrate_norm_stats`.
     """
     if not isinstance(ghn, GraphHyperNetwork):
         p = next(model.parameters(), None)
         dev = p.device if p is not None and p.device.type != "meta" else "cpu"
         ghn = load_pretrained(ghn, dev)
-    return ghn.initialize(model, example_input, strict=strict)
+    return ghn.initialize(model, example_input, strict=strict, norm_stats=norm_stats)
 
 
 def count_values(params: Dict[str, Tensor]) -> int:

@@ -421,6 +421,15 @@ _HANDLERS: Dict[str, str] = {
 }
 
 
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """``model`` applied to an example input: a tensor, a tuple/list of arguments, or a dict of keyword arguments."""
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
 def default_example_input(model: nn.Module, batch: int = 2, image_size: int = 32, seq_len: int = 8) -> Any:
     """A tiny input that fits ``model``: images for conv nets, token ids for embedding-first nets."""
     p = next(model.parameters(), None)

@@ -341,3 +341,17 @@ def test_modules_the_forward_never_uses_are_predicted_alone():
     plain = _WithUnused(extras=False)
     ghn.initialize(plain, x)
     assert torch.equal(plain.fc.weight, m.fc.weight)  # the used part is predicted exactly as without the extras
+
+
+def test_initialize_reestimates_batchnorm_statistics_on_the_example_input():
+    x = torch.randn(8, 1, 12, 12)
+    m = TinyCNN(depth=3)
+    report = make_ghn().initialize(m, x)
+    assert report.norm_stats == "re-estimated on the example input" and "BatchNorm statistics" in str(report)
+    assert not torch.equal(m.bn.running_var, torch.ones(8))  # the predicted weights' statistics, not fresh 0 / 1
+    with torch.no_grad():
+        assert torch.allclose(m.eval()(x), m.train()(x), rtol=1e-2, atol=1e-3)  # eval mode = batch statistics
+    kept = TinyCNN(depth=3)
+    assert make_ghn().initialize(kept, x, norm_stats=False).norm_stats == ""
+    assert torch.equal(kept.bn.running_var, torch.ones(8))  # asked not to: left as they were
+    assert make_ghn().initialize(_WithUnused(), torch.randn(2, 8)).norm_stats == ""  # no BatchNorm, nothing said
