@@ -8,7 +8,8 @@ placeholder tokens). Per model it records: the inputs, the fraction of parameter
 forward covers (``strict=False``), the fraction ``initialize`` predicts (``init_coverage``: also the leaf modules the
 forward never used, each predicted alone), the reasons for what is left untouched, whether ``strict=True`` works,
 seconds, the resident-memory growth, and whether the predicted model's outputs are finite and sensibly scaled (std
-against default init). Types that need a library not installed here (timm, detectron2) or that are no model (no forward)
+against default init, both in eval mode with BatchNorm statistics re-estimated on the example input, as
+``initialize`` does). Types that need a library not installed here (timm, detectron2) or that are no model (no forward)
 are skipped with the reason, counted apart. Writes benchmarks/results/coverage.json.
 
     python benchmarks/coverage.py --transformers 80 [--timm 150]
@@ -46,6 +47,7 @@ def _out_std(model, x) -> float:
 
 
 def check(name: str, build, hyper) -> dict:
+    from ghn.evaluation import reestimate_norm_stats
     from ghn.graph import ArchGraph, UnsupportedOpError
 
     row = {"model": name}
@@ -62,6 +64,8 @@ def check(name: str, build, hyper) -> dict:
         model.eval()
         row["inputs"] = {k: list(v.shape) for k, v in x.items() if isinstance(v, torch.Tensor)}
         on_meta = next(model.parameters()).is_meta
+        if not on_meta:  # default init measured like the prediction: BatchNorm statistics of this input
+            row["default_norm_stats"] = reestimate_norm_stats(model, x)
         default_std = math.nan if on_meta else _out_std(model, x)
         g = ArchGraph.from_module(model, x, strict=False)
         cov = g.coverage()
@@ -77,7 +81,7 @@ def check(name: str, build, hyper) -> dict:
         else:
             report = hyper.initialize(model, x, graph=g)  # BatchNorm statistics re-estimated on x
             row.update(init_coverage=report.fraction, alone=len(report.alone), untouched=dict(list(
-                report.untouched.items())[:5]))
+                report.untouched.items())[:5]), norm_stats=report.norm_stats)
             pred_std = _out_std(model, x)
             row.update(default_std=default_std, pred_std=pred_std, finite=math.isfinite(pred_std),
                        std_ratio=pred_std / default_std if default_std > 0 else math.nan)
@@ -127,7 +131,7 @@ def timm_models(n: int):
             if sum(p.numel() for p in model.parameters()) <= MAX_PARAMS:
                 model = timm.create_model(name, pretrained=False, num_classes=10)
             size = model.pretrained_cfg.get("input_size", (3, 224, 224))
-            return model, {"x": torch.randn(1, *size, device=next(model.parameters()).device)}
+            return model, {"x": torch.randn(2, *size, device=next(model.parameters()).device)}
         yield f"timm:{name}", build
 
 

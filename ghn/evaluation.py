@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ghn.tracing import call_model
+from ghn.tracing import call_model, default_example_input
 
 
 @torch.no_grad()
@@ -28,14 +28,36 @@ def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any], params: Optio
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for x in batches:
-        if params is None:
-            call_model(model, x)
-        else:
-            torch.func.functional_call(model, params, (x,), strict=False)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was_training)
+    try:
+        for x in batches:
+            if params is None:
+                call_model(model, x)
+            else:
+                torch.func.functional_call(model, params, (x,), strict=False)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+
+
+def reestimate_norm_stats(model: nn.Module, example_input: Any) -> str:
+    """BatchNorm statistics of ``model`` re-estimated on one example input (guessed when None); returns what was
+    done. On failure (a batch of one cannot give batch statistics) the statistics are restored as they were."""
+    if example_input is None:
+        try:
+            example_input = default_example_input(model)
+        except ValueError:
+            return "left as they were (no example input to re-estimate them on)"
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+    try:
+        calibrate_norm_stats(model, [example_input])
+    except Exception as e:  # noqa: BLE001  (e.g. a batch of one: "Expected more than 1 value per channel")
+        for m, st in zip(bns, saved):
+            m.load_state_dict(st)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        return f"left as they were (re-estimating them on the example input failed: {first})"
+    return "re-estimated on the example input"
 
 
 def batches(data, batch_size: int, seed: int, shuffle: bool = True, limit: Optional[int] = None

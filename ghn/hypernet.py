@@ -278,7 +278,9 @@ class GraphHyperNetwork(nn.Module):
             self.train(was_training)
         report = write_params(model, preds, graph)
         if norm_stats and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            report.norm_stats = _reestimate_norm_stats(model, example_input)
+            from ghn.evaluation import reestimate_norm_stats
+
+            report.norm_stats = reestimate_norm_stats(model, example_input)
         return report
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -420,19 +422,6 @@ def write_params(model: nn.Module, preds: Dict[str, Tensor], graph: ArchGraph) -
         report.untouched[name] = f"consumed by unsupported op {fn}()"
     report.frozen = list(cov.frozen)
     return report
-
-
-def _reestimate_norm_stats(model: nn.Module, example_input: Any) -> str:
-    """BatchNorm statistics of ``model`` re-estimated on ``example_input`` (guessed when None); what was done."""
-    from ghn.evaluation import calibrate_norm_stats
-
-    if example_input is None:
-        try:
-            example_input = default_example_input(model)
-        except ValueError:
-            return "left as they were (no example input to re-estimate them on)"
-    calibrate_norm_stats(model, [example_input])
-    return "re-estimated on the example input"
 
 
 def unused_leaf_graphs(model: nn.Module, graph: ArchGraph) -> List[Tuple[str, ArchGraph]]:

@@ -355,3 +355,8 @@ def test_initialize_reestimates_batchnorm_statistics_on_the_example_input():
     assert make_ghn().initialize(kept, x, norm_stats=False).norm_stats == ""
     assert torch.equal(kept.bn.running_var, torch.ones(8))  # asked not to: left as they were
     assert make_ghn().initialize(_WithUnused(), torch.randn(2, 8)).norm_stats == ""  # no BatchNorm, nothing said
+    head = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4)).eval()  # a batch of one gives no batch statistics
+    report = make_ghn().initialize(head, torch.randn(1, 8))
+    assert report.norm_stats.startswith("left as they were") and "more than 1 value" in report.norm_stats
+    assert torch.equal(head[1].running_var, torch.ones(4)) and int(head[1].num_batches_tracked) == 0  # restored
+    assert head[1].momentum == 0.1 and not head.training  # ... and so are its momentum and mode
