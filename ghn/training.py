@@ -64,8 +64,8 @@ class TrainConfig:
     max_params_per_step: int = 20_000_000  # memory budget: predicted values per meta-batch (never drops an arch)
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
     logit_norm: float = 0.0           # > 0: train on per-sample standardised logits times this (scale-free loss)
-    arch_grad_norm: bool = False      # each architecture's gradient (w.r.t. its predicted tensors) scaled to unit norm
-    channels_last: bool = False       # target networks' conv weights in NHWC (~1.2x on CPU; float rounding differs)
+    arch_grad_norm: bool = True       # each architecture's gradient (w.r.t. its predicted tensors) scaled to unit norm
+    channels_last: bool = True        # target networks' conv weights in NHWC (~1.2x on CPU; float rounding differs)
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
@@ -111,6 +111,10 @@ class TrainerState:
         Path(path).write_text(json.dumps(asdict(self)))
 
 
+# What settings added later meant for runs whose stored config lacks them (their value before they existed).
+LEGACY_TRAIN: Dict[str, Any] = {"arch_grad_norm": False, "channels_last": False}
+
+
 def resume_config(checkpoint: str, **overrides: Any) -> TrainConfig:
     """The :class:`TrainConfig` a checkpoint was trained with, ``overrides`` applied (e.g. more ``steps``)."""
     ck = Path(checkpoint)
@@ -118,6 +122,7 @@ def resume_config(checkpoint: str, **overrides: Any) -> TrainConfig:
     stored = dict(meta.get("train_config") or {})
     known = {f.name for f in fields(TrainConfig)}
     stored.pop("init_from", None)  # how the run began; a resume continues from the checkpoint itself
+    stored = {**LEGACY_TRAIN, **stored} if stored else stored
     return TrainConfig(**{**{k: v for k, v in stored.items() if k in known}, "resume": checkpoint, **overrides})
 
 

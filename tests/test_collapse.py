@@ -43,5 +43,6 @@ def test_trained_hypernetwork_keeps_rank_and_distinct_layers(tmp_path, fmnist):
 
 def test_the_setup_does_collapse_the_legacy_design(tmp_path, fmnist):
     """The same 40 steps collapse the original decoder: the test above would catch a regression."""
-    ins, worst_cos = _train_and_inspect(tmp_path, fmnist, base=False, pos_features=False, max_pred_share=1.0)
+    ins, worst_cos = _train_and_inspect(tmp_path, fmnist, base=False, pos_features=False, max_pred_share=1.0,
+                                        orth=False, noise_share=0.0)
     assert ins.summary()["median_rank_ratio"] < MIN_RANK_RATIO and worst_cos > MAX_ROLE_COS, ins

@@ -227,7 +227,7 @@ def test_identity_base_preserves_channels_through_any_conv_or_linear():
 
 def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
     def closed_gate_cos(kind):  # predicted share ~0: what remains is the base, times a per-layer scale
-        g = make_ghn(base_kind=kind)
+        g = make_ghn(base_kind=kind, noise_share=0.0)
         with torch.no_grad():
             g.decoder.head_gate.bias.fill_(-30.0)
         m = TinyCNN(depth=2)
@@ -248,7 +248,7 @@ def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
 
 def test_noise_share_breaks_duplicated_channels_deterministically():
     def closed_gate(**kw):  # predicted share ~0: the base (plus the noise floor), times a per-layer scale
-        g = make_ghn(base_kind="identity", **kw)
+        g = make_ghn(base_kind="identity", **{"noise_share": 0.0, **kw})
         with torch.no_grad():
             g.decoder.head_gate.bias.fill_(-30.0)
         m = TinyCNN(depth=2)

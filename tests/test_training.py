@@ -266,3 +266,15 @@ def test_a_run_started_with_init_from_resumes(tmp_path):
     assert again.init_from is None  # the checkpoint is the starting point now
     train(again, data=ProtoData(), archs=ToyArchs())
     assert losses(again.out_dir) == losses(run.out_dir)[2:]
+
+
+def test_settings_missing_from_an_old_run_resume_as_they_were(tmp_path):
+    from ghn.training import resume_config
+
+    ck = tmp_path / "ckpt-0000002"
+    ck.mkdir()
+    GraphHyperNetwork(**SMALL).save(ck / "ghn.safetensors", extra={"train_config": {"steps": 10, "lr": 0.01}})
+    (ck / "trainer_state.json").write_text(json.dumps({"step": 2}))
+    old = resume_config(str(ck))
+    assert old.lr == 0.01 and old.arch_grad_norm is False and old.channels_last is False  # before they existed
+    assert TrainConfig().arch_grad_norm and TrainConfig().channels_last  # fresh runs: the shipped recipe
