@@ -4,7 +4,9 @@
 Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its metadata: how it was chosen, the
 training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint: the logged archs/s of
 every interval, times ``--cores``), the machine, the command that trained it and the validation figures of
-``--result`` (a ``benchmarks/proxy.py`` results file). A checkpoint written before train.py recorded the op types
+``--result`` (a ``benchmarks/proxy.py`` results file). Decoding settings that keep the tensors (e.g.
+``--default-scale-under-norm``) are applied as they were in that evaluation (``proxy.py --eval-only`` with the same
+flags). A checkpoint written before train.py recorded the op types
 it trained on (``trained_ops``) gets them from a scan of ``--scan`` architectures spread over its training pool.
 
     python benchmarks/ship.py --ckpt runs/proxy/NAME/ghn.safetensors --result benchmarks/results/proxy/NAME.json
@@ -39,7 +41,7 @@ def scan_trained_ops(extra: dict, n: int) -> list:
 
 
 def main(argv=None) -> int:
-    from ghn.hypernet import GraphHyperNetwork
+    from ghn.hypernet import GraphHyperNetwork, add_config_arguments, pop_config_overrides
     from ghn.plot import cpu_hours, read_log
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--scan", type=int, default=2000,
                    help="architectures scanned for the trained op types when the checkpoint lacks them")
     p.add_argument("--out", default=str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))
+    add_config_arguments(p)
     a = p.parse_args(argv)
+    over = pop_config_overrides(vars(a))
     ghn = GraphHyperNetwork.load(a.ckpt)
+    if over:
+        ghn = ghn.with_config(**over)
     res = json.loads(Path(a.result).read_text())
     log = Path(a.ckpt).parent / "log.jsonl"
     if not log.is_file():

@@ -30,3 +30,33 @@ def test_default_init_cache_reuses_only_identical_models_and_settings(tmp_path):
     assert cache.key(m, test_n=100) != k  # another init (e.g. a changed builder or seed)
     off = _results.DefaultInitCache(tmp_path / "c.json", enabled=False)
     assert off.get(k, lambda: compute(0.7)) == 0.7 and calls == [0.5, 0.7]
+
+
+def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from models import ProtoData, ToyArchs
+
+    from ghn.hypernet import GraphHyperNetwork
+    from ghn.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(out_dir=str(run), steps=2, meta_batch=2, batch_size=16, log_every=1, progress=False, cpu=True,
+                      ghn=dict(hidden=32, layers=2, rank=8, code_dim=32, default_scale_under_norm=False)),
+          data=ProtoData(), archs=ToyArchs())
+    result = {"n": 48, "acc_pred": 0.3, "acc_default": 0.1, "args": {"ft_steps": 100}, "ft_n": 8, "ft_pred": 0.7,
+              "ft_default": 0.69, "ft_no_harm": 0.875, "rank_ratio": 0.9, "top_energy": 0.1, "role_cos": 0.4,
+              "command": "python benchmarks/proxy.py --name x"}
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ship", None)
+    import ship
+
+    out = tmp_path / "shipped.safetensors"
+    assert ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out),
+                      "--default-scale-under-norm"]) == 0
+    g = GraphHyperNetwork.load(out)
+    assert g.config.default_scale_under_norm  # the decoding setting the result was measured with
+    assert g.extra["val"]["ft_no_harm"] == 0.875 and g.extra["cpu_hours"] >= 0 and "archs" not in g.extra
+    assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
