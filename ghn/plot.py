@@ -45,12 +45,12 @@ def read_log(path: str) -> List[Dict[str, Any]]:
 
 def cpu_hours(recs: Sequence[Dict[str, Any]], procs: int = 1) -> List[float]:
     """Cumulative CPU-hours at each record, from the logged ``archs_per_s`` (wall time of each logged interval
-    times the processes that ran it)."""
+    times the cores that ran it: the record's ``cores`` when logged, else ``procs``)."""
     out, t, prev = [], 0.0, 0
     for r in recs:
         rate = r.get("archs_per_s") or 0.0
         if rate > 0:
-            t += (r["step"] - prev) * r.get("archs_per_step", 1) * procs / rate / 3600
+            t += (r["step"] - prev) * r.get("archs_per_step", 1) * r.get("cores", procs) / rate / 3600
         prev = r["step"]
         out.append(t)
     return out
@@ -158,7 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--smooth", type=int, default=20, help="curve: moving-mean window in logged records")
     p.add_argument("--cores", type=int, default=1,
-                   help="curve: CPU cores the run used (processes x threads): CPU-hours = wall hours x cores")
+                   help="curve: CPU cores the run used (processes x threads) where its log does not say: CPU-hours "
+                        "= wall hours x cores")
     a = p.parse_args(argv)
     try:
         if a.kind == "curve":

@@ -454,6 +454,7 @@ class Trainer:
             dt = max(now - t0, 1e-9)
             record["archs_per_s"] = (st.archs_seen - archs0) / dt
             record["images_per_s"] = (st.image_passes - imgs0) / dt
+            record["cores"] = torch.get_num_threads() * self.acc.num_processes  # for CPU-hours (ghn.plot)
             self._last = (now, st.archs_seen, st.image_passes)
             if self.acc.is_main_process:
                 with open(self.log_path, "a") as f:

@@ -17,6 +17,8 @@ def test_plots_from_a_tiny_log_and_results(tmp_path):
     assert [r["step"] for r in got] == list(range(10, 110, 10))  # repeated step once, torn line dropped
     assert cpu_hours(got)[-1] == pytest.approx(100 * 4 / 2.0 / 3600)
     assert cpu_hours(got, 2)[-1] == pytest.approx(2 * 100 * 4 / 2.0 / 3600)  # one process of 2 threads
+    mixed = [dict(r, cores=1) if r["step"] > 50 else r for r in got]  # a resume with 1 thread: the log says so
+    assert cpu_hours(mixed, 2)[-1] == pytest.approx((2 * 50 + 1 * 50) * 4 / 2.0 / 3600)
     res = tmp_path / "eval.json"
     rows = [{"family": f, "norm": "bn", "acc_pred": 0.1 * i, "acc_default": 0.1, "ft_pred": 0.5, "ft_default": 0.4}
             for i, f in enumerate(["cnn", "cnn", "vit"])]

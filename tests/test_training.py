@@ -32,6 +32,8 @@ def test_loss_goes_down_single_process(tmp_path):
     train(c, data=ProtoData(), archs=ToyArchs())
     ls = losses(c.out_dir)
     assert len(ls) == 100
+    first = json.loads(open(os.path.join(c.out_dir, "log.jsonl")).readline())
+    assert first["cores"] == torch.get_num_threads()  # one process: its threads (CPU-hours in ghn.plot)
     assert sum(ls[-10:]) / 10 < 0.85 * sum(ls[:10]) / 10
 
 
