@@ -222,7 +222,7 @@ class GraphHyperNetwork(nn.Module):
         offsets = batch.ptr[:-1].tolist()
         node_idx, refs, owner, fed = [], [], [], []
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed = g.norm_fed()
+            norm_fed = g.norm_fed() if self.config.default_scale_under_norm else ()  # a walk over the edges
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
