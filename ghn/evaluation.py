@@ -42,13 +42,16 @@ def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any], params: Optio
 
 def reestimate_norm_stats(model: nn.Module, example_input: Any) -> str:
     """BatchNorm statistics of ``model`` re-estimated on one example input (guessed when None); returns what was
-    done. On failure (a batch of one cannot give batch statistics) the statistics are restored as they were."""
+    done ("" for a model without BatchNorm). On failure (a batch of one cannot give batch statistics) the
+    statistics are restored as they were."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return ""
     if example_input is None:
         try:
             example_input = default_example_input(model)
         except ValueError:
             return "left as they were (no example input to re-estimate them on)"
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
     try:
         calibrate_norm_stats(model, [example_input])

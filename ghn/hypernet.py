@@ -277,7 +277,7 @@ class GraphHyperNetwork(nn.Module):
         finally:
             self.train(was_training)
         report = write_params(model, preds, graph)
-        if norm_stats and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if norm_stats:
             from ghn.evaluation import reestimate_norm_stats
 
             report.norm_stats = reestimate_norm_stats(model, example_input)
