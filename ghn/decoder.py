@@ -47,7 +47,8 @@ MAX_KERNEL_DIMS = 3
 # (class biases of +-6, MLP biases of +-2.6, the same in every layer) and made fine-tuning from them slow.
 VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "token": (0.0, 1.0)}
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
-BASE_KINDS = ("gaussian", "identity", "mixed")
+GROUPED_CONVS = frozenset({"conv_depthwise", "conv_grouped"})
+BASE_KINDS = ("gaussian", "identity", "mixed", "shifted")
 # RMS of nn.Linear / nn.ConvNd default init (kaiming_uniform_ with a = sqrt(5): U(+-1/sqrt(fan_in))), times sqrt(fan_in)
 DEFAULT_INIT_RMS = 1.0 / math.sqrt(3.0)
 
@@ -87,9 +88,9 @@ class LowRankDecoder(nn.Module):
     """Decodes context vectors into weights of arbitrary shape (see module docstring)."""
 
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
-                 code_seed: int = 0, base: bool = True, orth: bool = False, max_pred_share: float = 0.9,
-                 bounded_vectors: bool = True, base_kind: str = "gaussian", noise_share: float = 0.0,
-                 default_scale_under_norm: bool = False):
+                 code_seed: int = 0, base: bool = True, orth: bool = True, max_pred_share: float = 0.9,
+                 bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
+                 default_scale_under_norm: bool = True):  # the defaults of GHNConfig (the shipped design)
         super().__init__()
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
@@ -215,6 +216,12 @@ class LowRankDecoder(nn.Module):
         if self.base_kind == "gaussian":
             return base_weights(refs, shape, device, dtype)
         eye = identity_base(n_out, n_in, kernel, device, dtype).reshape(1, *shape)
+        if self.base_kind == "shifted":  # grouped convs keep the plain identity: a group's copies are other groups
+            plain = [r.op in GROUPED_CONVS for r in refs]
+            if not all(plain):
+                shift = identity_base(n_out, n_in, kernel, device, dtype, shifted=True).reshape(1, *shape)
+                return shift if not any(plain) else torch.cat([eye if p else shift for p in plain])
+            return eye
         if self.base_kind == "identity":
             return eye
         z = (eye + base_weights(refs, shape, device, dtype)) / math.sqrt(2.0)  # "mixed": half the energy each
@@ -278,16 +285,38 @@ def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype, 
     return z / _rms(z)
 
 
-def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype) -> Tensor:
+def _taps_by_distance(kernel: Sequence[int]) -> List[int]:
+    """Flat kernel offsets ordered by distance from the centre tap (the centre first), ties by index."""
+    centre = [(k - 1) // 2 for k in kernel]
+    taps = []
+    for flat in range(math.prod(kernel) if kernel else 1):
+        pos, rest = [], flat
+        for k in reversed(kernel):
+            pos.append(rest % k)
+            rest //= k
+        taps.append((sum((p - c) ** 2 for p, c in zip(reversed(pos), centre)), flat))
+    return [flat for _, flat in sorted(taps)]
+
+
+def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype, shifted: bool = False) -> Tensor:
     """[n_out, n_in, prod(kernel)] channel-preserving base at unit RMS: output o reads input ``o mod n_in`` (or,
-    when narrower, the sum of the inputs ``i`` with ``i mod n_out == o``) through the kernel's centre tap."""
+    when narrower, the sum of the inputs ``i`` with ``i mod n_out == o``) through the kernel's centre tap.
+
+    ``shifted``: the ``c``-th copy of a channel (``c = o // n_in``; ``i // n_out`` when narrower) reads it with the
+    sign ``(-1)^c`` through the ``(c // 2)``-th tap nearest the centre (cycling), so a widening's copies and the
+    filters of a 1-channel stem are distinct (``x`` and ``-x`` survive a ReLU as two halves of ``x``; a shifted tap
+    is a spatially shifted feature) while channel ``j`` still means the same thing in every network.
+    """
     kp = math.prod(kernel) if kernel else 1
-    centre = 0
-    for k in kernel:
-        centre = centre * k + (k - 1) // 2
+    taps = torch.tensor(_taps_by_distance(kernel), device=device)
     o = torch.arange(n_out, device=device)[:, None]
     i = torch.arange(n_in, device=device)[None, :]
     hit = (i == o % n_in) if n_out >= n_in else (o == i % n_out)
+    copy = (o // n_in).expand(n_out, n_in) if n_out >= n_in else (i // n_out).expand(n_out, n_in)
+    if not shifted:
+        copy = torch.zeros_like(copy)
+    sign = 1.0 - 2.0 * (copy % 2).to(dtype)
+    tap = taps[(copy // 2) % kp]
     z = torch.zeros(n_out, n_in, kp, device=device, dtype=dtype)
-    z[..., centre] = hit.to(dtype)
+    z.scatter_(2, tap.unsqueeze(-1), (hit.to(dtype) * sign).unsqueeze(-1))
     return z / _rms(z[None])[0]

@@ -57,7 +57,8 @@ class GHNConfig:
     max_pred_share: float = 0.9   # largest energy fraction of a matrix the predicted part may take
     bounded_vectors: bool = True  # biases/shifts in +-0.1, gains in 1 +- 0.25, tokens in +-1 (tanh-bounded)
     base_kind: str = "identity"   # "gaussian": seeded by parameter name; "identity": channel-preserving, the same
-                                  # for every architecture (consistent channel meaning); "mixed": half of each
+                                  # for every architecture (consistent channel meaning); "mixed": half of each;
+                                  # "shifted": identity whose channel copies differ in sign and kernel tap
     noise_share: float = 0.5      # energy fraction of a fixed name-seeded Gaussian added to every matrix after the
                                   # gate: a full-rank floor that breaks the symmetry of duplicated channels
     default_scale_under_norm: bool = True  # a matrix whose output only feeds normalisations gets PyTorch's default-

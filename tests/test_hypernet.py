@@ -8,7 +8,7 @@ from models import TinyCNN, TinyGPT, TinyViT
 
 from ghn.decoder import DecoderShapeError, LowRankDecoder
 from ghn.graph import ArchGraph, ParamRef
-from ghn.hypernet import CheckpointError, GraphHyperNetwork, initialize
+from ghn.hypernet import CheckpointError, GHNConfig, GraphHyperNetwork, initialize
 
 SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
 
@@ -225,6 +225,32 @@ def test_identity_base_preserves_channels_through_any_conv_or_linear():
     assert dw.ne(0).sum() == 4 and bool(dw[:, 0, 2].ne(0).all())
 
 
+def test_shifted_base_separates_copies_but_keeps_channel_meaning():
+    from ghn.decoder import identity_base
+
+    stem = identity_base(8, 1, (3, 3), "cpu", torch.float32, shifted=True).view(8, 9)
+    rows = torch.nn.functional.normalize(stem, dim=1)
+    assert float((rows @ rows.t() - 2 * torch.eye(8)).max()) <= 0.0  # 8 distinct filters (the plain base: 1)
+    assert torch.linalg.matrix_rank(stem) == 4 and stem[1].equal(-stem[0])  # +-: x and -x are two ReLU halves
+    assert int(stem[0].abs().argmax()) == 4 and int(stem[2].abs().argmax()) in (1, 3, 5, 7)  # centre, then nearest
+    wide = identity_base(6, 3, (), "cpu", torch.float32, shifted=True).view(6, 3)
+    assert wide[:3].equal(-wide[3:]) and wide[:3].equal(identity_base(3, 3, (), "cpu", torch.float32).view(3, 3))
+    same = identity_base(5, 5, (3,), "cpu", torch.float32, shifted=True)
+    assert same.equal(identity_base(5, 5, (3,), "cpu", torch.float32))  # no copies: the plain identity
+
+
+def test_shifted_base_keeps_grouped_convs_plain():
+    g = make_ghn(base_kind="shifted", noise_share=0.0)
+    with torch.no_grad():
+        g.decoder.head_gate.bias.fill_(-30.0)  # predicted share ~0: the base times a per-layer scale
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    g.initialize(m, torch.randn(2, 1, 4, 4))
+    stem, dw = m[0].weight.flatten(1), m[2].weight.flatten(1)
+    assert torch.linalg.matrix_rank(stem) == 2 and stem[1].allclose(-stem[0])  # copies of 1 channel: +-, taps
+    assert bool(dw.abs().argmax(1).eq(4).all())  # depthwise: every channel through its centre tap
+
+
 def test_identity_base_is_the_same_in_every_layer_and_round_trips(tmp_path):
     def closed_gate_cos(kind):  # predicted share ~0: what remains is the base, times a per-layer scale
         g = make_ghn(base_kind=kind, noise_share=0.0)
@@ -360,3 +386,13 @@ def test_initialize_reestimates_batchnorm_statistics_on_the_example_input():
     assert report.norm_stats.startswith("left as they were") and "more than 1 value" in report.norm_stats
     assert torch.equal(head[1].running_var, torch.ones(4)) and int(head[1].num_batches_tracked) == 0  # restored
     assert head[1].momentum == 0.1 and not head.training  # ... and so are its momentum and mode
+
+
+def test_decoder_keyword_defaults_are_the_config_defaults():
+    import inspect
+    from dataclasses import asdict
+
+    cfg = asdict(GHNConfig())
+    params = inspect.signature(LowRankDecoder.__init__).parameters
+    shared = [k for k in params if k in cfg]
+    assert len(shared) >= 10 and all(params[k].default == cfg[k] for k in shared)
