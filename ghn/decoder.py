@@ -33,6 +33,7 @@ fine-tuning (``lr / scale^2``): the default scale is the one SGD recipes are tun
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from typing import AbstractSet, Dict, List, Optional, Sequence, Tuple
 
@@ -288,14 +289,8 @@ def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype, 
 def _taps_by_distance(kernel: Sequence[int]) -> List[int]:
     """Flat kernel offsets ordered by distance from the centre tap (the centre first), ties by index."""
     centre = [(k - 1) // 2 for k in kernel]
-    taps = []
-    for flat in range(math.prod(kernel) if kernel else 1):
-        pos, rest = [], flat
-        for k in reversed(kernel):
-            pos.append(rest % k)
-            rest //= k
-        taps.append((sum((p - c) ** 2 for p, c in zip(reversed(pos), centre)), flat))
-    return [flat for _, flat in sorted(taps)]
+    pos = list(itertools.product(*(range(k) for k in kernel)))  # row-major: position f is flat offset f
+    return sorted(range(len(pos)), key=lambda f: (sum((p - c) ** 2 for p, c in zip(pos[f], centre)), f))
 
 
 def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype, shifted: bool = False) -> Tensor:
