@@ -129,7 +129,8 @@ def test_two_process_ddp_on_cpu(tmp_path, agn):
             "    debug_launcher(_ddp_worker, args=(%r, %r), num_processes=2)\n") % (here, out, agn)
     script = tmp_path / "launch.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes x 1 thread: default threads crawl (177 s vs 38 s)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(out)).count("world-0.txt") == 1
     assert open(os.path.join(out, "world-1.txt")).read() == "2"
