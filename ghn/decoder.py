@@ -32,6 +32,7 @@ fine-tuning (``lr / scale^2``): the default scale is the one SGD recipes are tun
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -219,10 +220,10 @@ class LowRankDecoder(nn.Module):
         eye = identity_base(n_out, n_in, kernel, device, dtype).reshape(1, *shape)
         if self.base_kind == "shifted":  # grouped convs keep the plain identity: a group's copies are other groups
             plain = [r.op in GROUPED_CONVS for r in refs]
-            if not all(plain):
-                shift = identity_base(n_out, n_in, kernel, device, dtype, shifted=True).reshape(1, *shape)
-                return shift if not any(plain) else torch.cat([eye if p else shift for p in plain])
-            return eye
+            if all(plain):
+                return eye
+            shift = identity_base(n_out, n_in, kernel, device, dtype, shifted=True).reshape(1, *shape)
+            return torch.cat([eye if p else shift for p in plain]) if any(plain) else shift
         if self.base_kind == "identity":
             return eye
         z = (eye + base_weights(refs, shape, device, dtype)) / math.sqrt(2.0)  # "mixed": half the energy each
@@ -286,11 +287,12 @@ def base_weights(refs: Sequence[ParamRef], shape: Sequence[int], device, dtype, 
     return z / _rms(z)
 
 
-def _taps_by_distance(kernel: Sequence[int]) -> List[int]:
+@functools.lru_cache(maxsize=None)
+def _taps_by_distance(kernel: Tuple[int, ...]) -> Tuple[int, ...]:
     """Flat kernel offsets ordered by distance from the centre tap (the centre first), ties by index."""
     centre = [(k - 1) // 2 for k in kernel]
     pos = list(itertools.product(*(range(k) for k in kernel)))  # row-major: position f is flat offset f
-    return sorted(range(len(pos)), key=lambda f: (sum((p - c) ** 2 for p, c in zip(pos[f], centre)), f))
+    return tuple(sorted(range(len(pos)), key=lambda f: (sum((p - c) ** 2 for p, c in zip(pos[f], centre)), f)))
 
 
 def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype, shifted: bool = False) -> Tensor:
@@ -302,16 +304,15 @@ def identity_base(n_out: int, n_in: int, kernel: Sequence[int], device, dtype, s
     filters of a 1-channel stem are distinct (``x`` and ``-x`` survive a ReLU as two halves of ``x``; a shifted tap
     is a spatially shifted feature) while channel ``j`` still means the same thing in every network.
     """
-    kp = math.prod(kernel) if kernel else 1
-    taps = torch.tensor(_taps_by_distance(kernel), device=device)
+    taps = _taps_by_distance(tuple(kernel))
     o = torch.arange(n_out, device=device)[:, None]
     i = torch.arange(n_in, device=device)[None, :]
-    hit = (i == o % n_in) if n_out >= n_in else (o == i % n_out)
-    copy = (o // n_in).expand(n_out, n_in) if n_out >= n_in else (i // n_out).expand(n_out, n_in)
-    if not shifted:
-        copy = torch.zeros_like(copy)
-    sign = 1.0 - 2.0 * (copy % 2).to(dtype)
-    tap = taps[(copy // 2) % kp]
-    z = torch.zeros(n_out, n_in, kp, device=device, dtype=dtype)
-    z.scatter_(2, tap.unsqueeze(-1), (hit.to(dtype) * sign).unsqueeze(-1))
+    hit = ((i == o % n_in) if n_out >= n_in else (o == i % n_out)).to(dtype)
+    z = torch.zeros(n_out, n_in, len(taps), device=device, dtype=dtype)
+    if shifted:
+        copy = (o // n_in).expand(n_out, n_in) if n_out >= n_in else (i // n_out).expand(n_out, n_in)
+        tap = torch.tensor(taps, device=device)[(copy // 2) % len(taps)]
+        z.scatter_(2, tap.unsqueeze(-1), (hit * (1.0 - 2.0 * (copy % 2).to(dtype))).unsqueeze(-1))
+    else:
+        z[..., taps[0]] = hit
     return z / _rms(z[None])[0]
