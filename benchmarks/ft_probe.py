@@ -7,11 +7,13 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
 - ``feat_erank``: effective rank (exp of the entropy of the normalised singular values) of the features entering
   the classifier, over 512 training images; default init gives tens, a degenerate init a handful;
 - ``acc0``: top-1 with no training (BN statistics re-estimated);
-- ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data order for every variant).
+- ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data orders for every variant), the mean
+  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding).
 
 A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales every predicted matrix to the RMS of
 its default init: the predicted direction with the default scale (under a normalisation the scale sets the
-effective fine-tuning learning rate, not the function).
+effective fine-tuning learning rate, not the function). A suffix ``@head=S`` (``pred@head=0.1``) multiplies the
+classifier's weight and bias by ``S``: the same predictions with no training, softer logits to fine-tune from.
 
     python benchmarks/ft_probe.py --indices 1 3 --variants default pred noise_share=0.5
 """
@@ -26,6 +28,8 @@ import torch
 import torch.nn as nn
 from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from ghn.training import classifier_layer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +41,7 @@ def effective_rank(f: torch.Tensor) -> float:
 
 def classifier_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input of the last ``nn.Linear`` (the classifier) for images ``x``, in eval mode."""
-    lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    lin = classifier_layer(model)
     got = {}
     hook = lin.register_forward_hook(lambda mod, inp, out: got.__setitem__("f", inp[0].detach()))
     model.eval()
@@ -75,6 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["default", "pred", "noise_share=0.5"])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--test-n", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning data orders per variant; `ft` is their mean")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ft_probe.json"))
     a = p.parse_args(argv)
@@ -93,7 +98,9 @@ def main(argv=None) -> int:
 
         for v in a.variants:
             m = fresh()
-            name, rms = (v[:-4], True) if v.endswith("@rms") else (v, False)
+            v_, _, head = v.partition("@head=")
+            v_, eq_rows = (v_[:-5], True) if v_.endswith("@rows") else (v_, False)
+            name, rms = (v_[:-4], True) if v_.endswith("@rms") else (v_, False)
             if name != "default":
                 h = hyper if name == "pred" else hyper.with_config(**parse_overrides(name))
                 h.initialize(m, torch.zeros(2, c, s, s))
@@ -102,15 +109,30 @@ def main(argv=None) -> int:
                     for q, d in zip(m.parameters(), fresh().parameters()):
                         if q.dim() >= 2:
                             q.mul_(d.pow(2).mean().sqrt() / q.pow(2).mean().sqrt().clamp_min(1e-12))
+            if eq_rows:  # every output row (filter) of every matrix at the matrix's RMS: equal-energy channels
+                with torch.no_grad():
+                    for q in m.parameters():
+                        if q.dim() >= 2:
+                            r = q.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
+                            q.mul_((q.pow(2).mean().sqrt() / r).view(-1, *[1] * (q.dim() - 1)))
+            if head:  # the classifier (weight and bias) times a factor: the same argmax, other fine-tuning dynamics
+                with torch.no_grad():
+                    for q in classifier_layer(m).parameters():
+                        q.mul_(float(head))
             state = {k: t.clone() for k, t in m.state_dict().items()}
             calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,
                    "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
             row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
-            m = fresh()
-            m.load_state_dict(state)
-            finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps)
-            row["ft"] = evaluate_init(m, train, test, calib_batches=5)
+            fts = []
+            for seed in range(a.seeds):  # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
+                m = fresh()
+                m.load_state_dict(state)
+                finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps, seed=seed)
+                fts.append(evaluate_init(m, train, test, calib_batches=5))
+            row["ft"] = sum(fts) / len(fts)
+            if a.seeds > 1:
+                row["ft_seeds"] = fts
             rows.append(row)
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
     write_results(a.out, {"args": vars(a), "rows": rows})

@@ -51,6 +51,7 @@ VECTOR_BOUNDS = {"bias": (0.0, 0.1), "shift": (0.0, 0.1), "gain": (1.0, 0.25), "
 NUM_PARAM_FEATURES = len(PARAM_KINDS) + 5
 GROUPED_CONVS = frozenset({"conv_depthwise", "conv_grouped"})
 BASE_KINDS = ("gaussian", "identity", "mixed", "shifted")
+EQUAL_ROWS = ("none", "norm_fed", "all")
 # RMS of nn.Linear / nn.ConvNd default init (kaiming_uniform_ with a = sqrt(5): U(+-1/sqrt(fan_in))), times sqrt(fan_in)
 DEFAULT_INIT_RMS = 1.0 / math.sqrt(3.0)
 
@@ -92,8 +93,11 @@ class LowRankDecoder(nn.Module):
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
                  code_seed: int = 0, base: bool = True, orth: bool = True, max_pred_share: float = 0.9,
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
-                 default_scale_under_norm: bool = True):  # the defaults of GHNConfig (the shipped design)
+                 default_scale_under_norm: bool = True, equal_rows: str = "none"):  # GHNConfig's defaults
         super().__init__()
+        if equal_rows not in EQUAL_ROWS:
+            raise ValueError(f"equal_rows must be one of {EQUAL_ROWS}, got {equal_rows!r}")
+        self.equal_rows = equal_rows
         if not 0.0 < max_pred_share <= 1.0:
             raise ValueError(f"max_pred_share must be in (0, 1], got {max_pred_share}")
         if not 0.0 <= noise_share < 1.0:
@@ -209,8 +213,23 @@ class LowRankDecoder(nn.Module):
             z = base_weights(refs, w.shape[1:], w.device, w.dtype, salt="noise")
             w = math.sqrt(1.0 - self.noise_share) * w + math.sqrt(self.noise_share) * z
             w = w / _rms(w)
+        if self.equal_rows != "none":
+            w = self._equalize_rows(w, refs, norm_fed)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
+
+    def _equalize_rows(self, w: Tensor, refs: Sequence[ParamRef], norm_fed: Optional[Sequence[bool]]) -> Tensor:
+        """Every output row (filter) of the selected matrices at the same RMS as the whole matrix (``equal_rows``):
+        ``"norm_fed"`` only matrices whose output feeds normalisations only, ``"all"`` every one. Transposed
+        convolutions (rows are inputs) are left as they are."""
+        pick = [not r.transposed and (self.equal_rows == "all" or bool(norm_fed and norm_fed[i]))
+                for i, r in enumerate(refs)]
+        if not any(pick):
+            return w
+        flat = w.reshape(w.shape[0], w.shape[1], -1)
+        eq = flat * (flat.pow(2).mean((1, 2), keepdim=True) / flat.pow(2).mean(2, keepdim=True).clamp_min(1e-20)).sqrt()
+        mask = torch.tensor(pick, device=w.device).view(-1, 1, 1)
+        return torch.where(mask, eq, flat).view_as(w)
 
     def _base(self, refs: Sequence[ParamRef], n_out: int, n_in: int, kernel: Sequence[int], shape: Sequence[int],
               device, dtype) -> Tensor:

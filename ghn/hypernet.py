@@ -64,6 +64,9 @@ class GHNConfig:
     default_scale_under_norm: bool = True  # a matrix whose output only feeds normalisations gets PyTorch's default-
                                   # init RMS: its scale is divided out of the function (so the loss cannot teach
                                   # it) and sets only the effective fine-tuning learning rate
+    equal_rows: str = "none"      # "norm_fed": every filter of a matrix that only feeds normalisations at the
+                                  # matrix's RMS (a per-channel scale BN divides out; it sets each channel's
+                                  # fine-tuning rate); "all": every matrix's
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -96,7 +99,7 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
-                                 "default_scale_under_norm": False}
+                                 "default_scale_under_norm": False, "equal_rows": "none"}
 
 
 @dataclass
@@ -149,7 +152,7 @@ class GraphHyperNetwork(nn.Module):
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
-                                      c.noise_share, c.default_scale_under_norm)
+                                      c.noise_share, c.default_scale_under_norm, c.equal_rows)
 
     @property
     def task(self) -> Task:
@@ -222,8 +225,9 @@ class GraphHyperNetwork(nn.Module):
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
         node_idx, refs, owner, fed = [], [], [], []
+        want_fed = self.config.default_scale_under_norm or self.config.equal_rows == "norm_fed"
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed = g.norm_fed() if self.config.default_scale_under_norm else ()  # a walk over the edges
+            norm_fed = g.norm_fed() if want_fed else ()  # a walk over the edges
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)

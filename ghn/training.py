@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,8 @@ from ghn.hypernet import GHNConfig, GraphHyperNetwork
 from ghn.task import Task
 
 __all__ = ["TrainConfig", "TrainerState", "Trainer", "train", "resume_config", "robust_mean", "standardize_logits",
-           "meta_batch_loss", "pack_meta_batch", "parse_arch_filter", "select_archs", "step_rng"]
+           "ArchLosses", "classifier_layer", "participation_ratio", "meta_batch_loss", "pack_meta_batch",
+           "parse_arch_filter", "select_archs", "step_rng"]
 
 
 @dataclass
@@ -65,6 +66,8 @@ class TrainConfig:
     loss_cap: float = 10.0            # per-architecture loss above this has its gradient scaled down to it
     logit_norm: float = 0.0           # > 0: train on per-sample standardised logits times this (scale-free loss)
     arch_grad_norm: bool = True       # each architecture's gradient (w.r.t. its predicted tensors) scaled to unit norm
+    feat_rank: float = 0.0            # > 0: adds -feat_rank * log(participation ratio of the classifier's input
+                                      # features on the batch) per architecture: an anti-collapse term
     channels_last: bool = True        # target networks' conv weights in NHWC (~1.2x on CPU; float rounding differs)
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
@@ -86,7 +89,7 @@ class TrainConfig:
 # Settings a resumed run must keep: changing any of them would silently make it another run.
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
                 "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
-                "channels_last", "max_arch_params", "pool_size", "arch_filter")
+                "feat_rank", "channels_last", "max_arch_params", "pool_size", "arch_filter")
 
 
 @dataclass
@@ -150,33 +153,82 @@ def standardize_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor
     return z / (z.std(-1, keepdim=True) + 1e-5) * temperature
 
 
+class ArchLosses(NamedTuple):
+    """Per-architecture results of one meta-batch, each ``[n]``."""
+
+    losses: torch.Tensor   # the trained objective: cross-entropy plus the feature term (if on)
+    accs: torch.Tensor     # top-1 on the batch (detached)
+    ce: torch.Tensor       # cross-entropy (detached)
+    feat_pr: torch.Tensor  # participation ratio of the classifier's input features (detached; NaN: no classifier)
+
+
+def classifier_layer(model: nn.Module) -> Optional[nn.Linear]:
+    """The last ``nn.Linear`` of ``model`` (its classifier in every generated and predefined architecture)."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
+def participation_ratio(f: torch.Tensor) -> torch.Tensor:
+    """``(sum l)^2 / sum l^2`` over the eigenvalues ``l`` of the centred features' covariance (``f``: ``[B, ...]``).
+
+    A differentiable, scale-free effective rank: 1 when every sample differs along one direction, up to
+    ``min(B - 1, D)`` when the batch spans its dimensions evenly. Computed on the ``B x B`` Gram matrix, which has
+    the same non-zero spectrum as the ``D x D`` covariance.
+    """
+    z = f.flatten(1).float()
+    z = z - z.mean(0)
+    g = z @ z.T
+    return g.diagonal().sum().pow(2) / g.pow(2).sum().clamp_min(1e-20)
+
+
 def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGraph], x: torch.Tensor,
-                    y: torch.Tensor, batch=None, logit_norm: float = 0.0, channels_last: bool = False
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-architecture cross-entropy of the predicted networks ``[n]`` and their accuracies ``[n]``.
+                    y: torch.Tensor, batch=None, logit_norm: float = 0.0, channels_last: bool = False,
+                    feat_rank: float = 0.0) -> ArchLosses:
+    """Per-architecture losses of the predicted networks (:class:`ArchLosses`).
 
     With ``logit_norm > 0`` the loss sees standardised logits (:func:`standardize_logits`): shrinking every
     classifier towards constant outputs no longer lowers it, the shortcut that stalls training at chance level.
+    With ``feat_rank > 0`` it adds ``-feat_rank * log(participation_ratio(classifier input))``: features that span
+    few directions fine-tune badly, however well they separate the classes (docs/DESIGN.md).
     """
     preds = ghn(graphs, batch)
-    out = [_arch_loss(model, params, x, y, logit_norm, channels_last) for model, params in zip(models, preds)]
-    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]).detach()
+    return _stack([_arch_loss(model, params, x, y, logit_norm, channels_last, feat_rank)
+                   for model, params in zip(models, preds)])
+
+
+def _stack(out: List[Tuple[torch.Tensor, ...]]) -> ArchLosses:
+    return ArchLosses(*(torch.stack([o[k] for o in out]) for k in range(4)))
 
 
 def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-               logit_norm: float, channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+               logit_norm: float, channels_last: bool = False, feat_rank: float = 0.0
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(objective, accuracy, cross-entropy, feature participation ratio)`` of one predicted network."""
     if channels_last:  # conv weights (and images) in NHWC: mkldnn's faster CPU path, float rounding aside
         cl = torch.channels_last
         params = {k: t.contiguous(memory_format=cl) if t.dim() == 4 else t for k, t in params.items()}
         x = x.contiguous(memory_format=cl) if x.dim() == 4 else x
-    logits = torch.func.functional_call(model, params, (x,), strict=False).float()
+    head, feats = classifier_layer(model), []
+    hook = head.register_forward_pre_hook(lambda mod, args: feats.append(args[0])) if head is not None else None
+    try:
+        logits = torch.func.functional_call(model, params, (x,), strict=False).float()
+    finally:
+        if hook is not None:
+            hook.remove()
     if logit_norm > 0:
         logits = standardize_logits(logits, logit_norm)
-    return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().mean()
+    ce = F.cross_entropy(logits, y)
+    pr = participation_ratio(feats[-1]) if feats and len(x) > 2 else ce.new_tensor(float("nan"))
+    loss = ce - feat_rank * pr.log() if feat_rank > 0 and bool(torch.isfinite(pr)) else ce
+    return loss, (logits.argmax(-1) == y).float().mean(), ce.detach(), pr.detach()
 
 
 def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.Module], x: torch.Tensor,
-                          y: torch.Tensor, logit_norm: float = 0.0, channels_last: bool = False):
+                          y: torch.Tensor, logit_norm: float = 0.0, channels_last: bool = False,
+                          feat_rank: float = 0.0):
     """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
 
     Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
@@ -185,15 +237,15 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     hypernetwork with ``torch.autograd.backward(tensors, grads)``. Each target network's graph is freed after its
     own backward, so peak memory is one target network instead of the meta-batch. Non-finite losses give no
     gradient; when none is finite the first network's tensors come back with zero gradients, so the backward (which
-    DDP needs on every rank) still runs.
+    DDP needs on every rank) still runs. Returns ``(ArchLosses, tensors, grads)``.
     """
-    losses, accs, tensors, grads = [], [], [], []
+    out, tensors, grads = [], [], []
     for model, params in zip(models, preds):
         uniq = {id(t): t for t in params.values()}  # tied aliases share one tensor
         leaf = {i: t.detach().requires_grad_() for i, t in uniq.items()}
-        loss, acc = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm, channels_last)
-        losses.append(loss.detach())
-        accs.append(acc)
+        loss, *rest = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm,
+                                 channels_last, feat_rank)
+        out.append((loss.detach(), *rest))
         if not bool(torch.isfinite(loss)):
             continue
         gs = torch.autograd.grad(loss, list(leaf.values()))
@@ -205,7 +257,13 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     if not tensors and preds:  # every rank must still run a backward (DDP): a zero one through the first network
         tensors = list({id(t): t for t in preds[0].values()}.values())
         grads = [torch.zeros_like(t) for t in tensors]
-    return torch.stack(losses), torch.stack(accs), tensors, grads
+    return _stack(out), tensors, grads
+
+
+def _nanmean(t: torch.Tensor) -> torch.Tensor:
+    t = t.float()
+    ok = torch.isfinite(t)
+    return t[ok].mean() if bool(ok.any()) else t.new_tensor(float("nan"))
 
 
 def _init_from(path: str, overrides: Dict[str, Any]) -> GraphHyperNetwork:
@@ -413,12 +471,12 @@ class Trainer:
             with acc.autocast():
                 if cfg.arch_grad_norm:
                     preds = self.ghn(graphs, batch)
-                    per_arch, accs, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm,
-                                                                            cfg.channels_last)
+                    res, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm,
+                                                                cfg.channels_last, cfg.feat_rank)
                 else:
-                    per_arch, accs = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
-                                                     cfg.channels_last)
-            loss, n_capped, n_bad = robust_mean(per_arch, cfg.loss_cap)
+                    res = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
+                                          cfg.channels_last, cfg.feat_rank)
+            loss, n_capped, n_bad = robust_mean(res.losses, cfg.loss_cap)
             st.capped_archs += n_capped
             st.nonfinite_archs += n_bad
             skipped = self._all_ranks(not bool(torch.isfinite(loss)))  # DDP: every rank skips together
@@ -440,8 +498,12 @@ class Trainer:
         st.step += 1
         st.archs_seen += n * world
         st.image_passes += cfg.batch_size * n * world  # one image through one network = one pass
-        means = acc.gather(torch.stack([loss.detach().float(), accs.mean()]).unsqueeze(0)).mean(0)
-        return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]),
+        # "loss" is the (capped) cross-entropy whatever the objective: curves with and without extra terms compare
+        ce = loss if cfg.feat_rank <= 0 else robust_mean(res.ce, cfg.loss_cap)[0]
+        means = acc.gather(torch.stack([ce.detach().float(), res.accs.mean(), _nanmean(res.feat_pr),
+                                        loss.detach().float()]).unsqueeze(0)).mean(0)
+        extra = {"objective": float(means[3])} if cfg.feat_rank > 0 else {}
+        return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]), "feat_pr": float(means[2]), **extra,
                 "lr": float(self.sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": st.skipped_nan,
                 "capped_archs": st.capped_archs, "nonfinite_archs": st.nonfinite_archs}
 

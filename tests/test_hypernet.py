@@ -339,6 +339,30 @@ def test_default_scale_under_norm_keeps_the_function_and_takes_the_default_rms()
     assert GraphHyperNetwork().config.default_scale_under_norm  # the fresh-run design
 
 
+def test_equal_rows_under_norm_gives_every_filter_the_matrix_rms_and_keeps_the_function():
+    ghn = make_ghn()
+    x = torch.randn(8, 1, 12, 12)
+    m_off, m_fed, m_all = TinyCNN(depth=2), TinyCNN(depth=2), TinyCNN(depth=2)
+    ghn.initialize(m_off, x)
+    ghn.with_config(equal_rows="norm_fed").initialize(m_fed, x)
+    ghn.with_config(equal_rows="all").initialize(m_all, x)
+    row_rms = lambda w: w.flatten(1).pow(2).mean(1).sqrt()  # noqa: E731
+    pairs = ((m_off.stem.weight, m_fed.stem.weight), (m_off.blocks[1][0].weight, m_fed.blocks[1][0].weight))
+    for w_off, w_fed in pairs:
+        r = row_rms(w_fed)  # feed a BatchNorm: every filter at the matrix's RMS, which is unchanged
+        assert torch.allclose(r, r.mean().expand_as(r), rtol=1e-4)
+        assert math.isclose(float(w_fed.pow(2).mean()), float(w_off.pow(2).mean()), rel_tol=1e-4)
+        assert float(row_rms(w_off).std() / row_rms(w_off).mean()) > 0.02  # they were not equal before
+        assert torch.allclose(w_fed / row_rms(w_fed).view(-1, 1, 1, 1), w_off / row_rms(w_off).view(-1, 1, 1, 1),
+                              atol=1e-5)  # only each filter's scale changed
+    assert torch.equal(m_fed.fc.weight, m_off.fc.weight)  # the classifier feeds no normalisation: untouched
+    r = row_rms(m_all.fc.weight)
+    assert torch.allclose(r, r.mean().expand_as(r), rtol=1e-4)  # "all": every matrix
+    assert torch.allclose(m_fed.train()(x), m_off.train()(x), atol=1e-3)  # BatchNorm divides each channel's scale
+    with pytest.raises(ValueError, match="equal_rows"):
+        make_ghn(equal_rows="some")
+
+
 class _WithUnused(nn.Module):
     """A classifier plus modules its forward never uses: a training-only embedding and norm, a frozen layer."""
 

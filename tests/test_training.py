@@ -224,7 +224,7 @@ def test_arch_grad_norm_gives_each_architecture_a_unit_gradient_in_its_loss_dire
 
     models, x, y, hyper, graphs = two_toy_networks()
     preds = hyper(graphs)
-    losses_, _, tensors, grads = normalized_arch_grads(preds, models, x * 50, y)  # a steep loss: large raw grads
+    (losses_, *_), tensors, grads = normalized_arch_grads(preds, models, x * 50, y)  # a steep loss: large raw grads
     assert len(tensors) == len(grads) == sum(len({id(t) for t in p.values()}) for p in preds)
     k = len({id(t) for t in preds[0].values()})
     for part in (grads[:k], grads[k:]):  # per architecture: norm 1 / number of architectures
@@ -247,12 +247,12 @@ def test_channels_last_gives_the_same_losses_and_gradients_up_to_rounding():
     from ghn.training import meta_batch_loss, normalized_arch_grads
 
     models, x, y, hyper, graphs = two_toy_networks(in_channels=3)
-    a, _ = meta_batch_loss(hyper, models, graphs, x, y)
-    b, _ = meta_batch_loss(hyper, models, graphs, x, y, channels_last=True)
+    a = meta_batch_loss(hyper, models, graphs, x, y).losses
+    b = meta_batch_loss(hyper, models, graphs, x, y, channels_last=True).losses
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     preds = hyper(graphs)
-    _, _, _, g1 = normalized_arch_grads(preds, models, x, y)
-    _, _, _, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True)
+    _, _, g1 = normalized_arch_grads(preds, models, x, y)
+    _, _, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True)
     assert all(u.shape == v.shape and torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(g1, g2))
 
 
@@ -281,3 +281,48 @@ def test_settings_missing_from_an_old_run_resume_as_they_were(tmp_path):
     old = resume_config(str(ck))
     assert old.lr == 0.01 and old.arch_grad_norm is False and old.channels_last is False  # before they existed
     assert TrainConfig().arch_grad_norm and TrainConfig().channels_last  # fresh runs: the shipped recipe
+
+
+def test_participation_ratio_counts_the_directions_a_batch_spans_whatever_its_scale():
+    from ghn.training import participation_ratio
+
+    torch.manual_seed(0)
+    iso = torch.randn(256, 8)
+    assert 7.0 < float(participation_ratio(iso)) <= 8.0
+    assert math.isclose(float(participation_ratio(iso * 1e3 + 5)), float(participation_ratio(iso)), rel_tol=1e-4)
+    line = torch.randn(256, 1) * torch.randn(1, 8)  # every sample on one direction
+    assert float(participation_ratio(line)) < 1.001
+    squashed = iso * torch.tensor([10.0] + [0.1] * 7)  # one direction dominates
+    assert float(participation_ratio(squashed)) < 1.1
+    assert float(participation_ratio(torch.randn(16, 4, 3, 3))) <= 15.0 + 1e-4  # [B, ...] flattened, <= B - 1
+
+
+def test_feat_rank_adds_minus_log_participation_ratio_of_the_classifier_input_and_its_gradient_raises_it():
+    from ghn.training import classifier_layer, meta_batch_loss
+
+    models, x, y, hyper, graphs = two_toy_networks()
+    assert all(classifier_layer(m) is [q for q in m.modules() if isinstance(q, torch.nn.Linear)][-1] for m in models)
+    plain = meta_batch_loss(hyper, models, graphs, x, y)
+    reg = meta_batch_loss(hyper, models, graphs, x, y, feat_rank=0.5)
+    assert torch.equal(plain.losses.detach(), plain.ce) and torch.allclose(reg.ce, plain.ce)
+    assert bool((plain.feat_pr >= 1).all()) and torch.allclose(reg.feat_pr, plain.feat_pr)
+    assert torch.allclose(reg.losses.detach(), reg.ce - 0.5 * reg.feat_pr.log(), atol=1e-6)
+    # descending the term alone (the hypernetwork's gradient) raises the participation ratio
+    opt = torch.optim.SGD(hyper.parameters(), lr=0.05)
+    for _ in range(10):
+        opt.zero_grad()
+        res = meta_batch_loss(hyper, models, graphs, x, y, feat_rank=1.0)
+        (res.losses - res.ce).sum().backward()
+        opt.step()
+    after = meta_batch_loss(hyper, models, graphs, x, y).feat_pr
+    assert float(after.mean()) > float(plain.feat_pr.mean()) * 1.05
+
+
+def test_feat_rank_run_logs_cross_entropy_objective_and_feature_participation(tmp_path):
+    c = cfg(tmp_path, "fr", steps=4, arch_grad_norm=True, feat_rank=0.3)
+    train(c, data=ProtoData(), archs=ToyArchs())
+    recs = [json.loads(line) for line in open(os.path.join(c.out_dir, "log.jsonl"))]
+    assert len(recs) == 4 and all(r["feat_pr"] >= 1 and r["objective"] < r["loss"] for r in recs)
+    c0 = cfg(tmp_path, "fr0", steps=2)
+    train(c0, data=ProtoData(), archs=ToyArchs())
+    assert all("objective" not in json.loads(line) for line in open(os.path.join(c0.out_dir, "log.jsonl")))
