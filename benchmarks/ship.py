@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--result", required=True, help="the proxy.py results file of that checkpoint")
-    p.add_argument("--cores", type=int, default=2, help="CPU cores the training used (processes x threads)")
+    p.add_argument("--cores", type=int, default=2, help="CPU cores the training used (processes x threads), for log "
+                   "records that do not say (train.py logs `cores` since session 6)")
     p.add_argument("--chosen-by", default="benchmarks/proxy.py, criterion declared in docs/BENCHMARKS.md")
     p.add_argument("--scan", type=int, default=2000,
                    help="architectures scanned for the trained op types when the checkpoint lacks them")
@@ -62,14 +63,16 @@ def main(argv=None) -> int:
     log = Path(a.ckpt).parent / "log.jsonl"
     if not log.is_file():
         sys.exit(f"error: {log} not found: the training log gives the CPU-hours")
-    wall = cpu_hours(read_log(str(log)))[-1]
+    recs = read_log(str(log))
+    cpu = cpu_hours(recs, procs=a.cores)[-1]  # each record's logged cores; --cores for records without them
+    wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
     r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731
     val = {"archs": res["n"], "no_training_top1_pred": r3(res["acc_pred"]),
            "no_training_top1_default": r3(res["acc_default"]), "ft_steps": res["args"]["ft_steps"],
            "ft_n": res["ft_n"], "ft_top1_pred": r3(res["ft_pred"]), "ft_top1_default": r3(res["ft_default"]),
            "ft_no_harm": r3(res["ft_no_harm"]), "rank_ratio": r3(res["rank_ratio"]),
            "top_energy": r3(res["top_energy"]), "role_cos": r3(res["role_cos"])}
-    extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(wall * a.cores, 2),
+    extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(cpu, 2),
              "wall_hours": round(wall, 2), "machine": f"{a.cores}-core CPU, no GPU", "val": val,
              "command": res.get("command")}
     if extra.get("trained_ops") is None:

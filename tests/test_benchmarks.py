@@ -34,6 +34,7 @@ def test_default_init_cache_reuses_only_identical_models_and_settings(tmp_path):
 
 def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, monkeypatch):
     import json
+    import math
     import sys
 
     from models import ProtoData, ToyArchs
@@ -58,5 +59,13 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
                       "--default-scale-under-norm"]) == 0
     g = GraphHyperNetwork.load(out)
     assert g.config.default_scale_under_norm  # the decoding setting the result was measured with
-    assert g.extra["val"]["ft_no_harm"] == 0.875 and g.extra["cpu_hours"] >= 0 and "archs" not in g.extra
+    assert g.extra["val"]["ft_no_harm"] == 0.875 and "archs" not in g.extra
+    # hours from the log: an hour at the logged 1 core, then an hour of records without `cores` (--cores 2 counts)
+    recs = [{"step": 1800, "archs_per_step": 2, "archs_per_s": 1.0, "cores": 1, "loss": 2.0, "acc": 0.1},
+            {"step": 3600, "archs_per_step": 2, "archs_per_s": 1.0, "loss": 2.0, "acc": 0.1}]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out),
+                      "--cores", "2"]) == 0
+    g = GraphHyperNetwork.load(out)
+    assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
     assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
