@@ -25,7 +25,7 @@ def write_results(path: Union[str, Path], doc: Dict[str, Any]) -> Path:
            "command": " ".join([Path(sys.executable).name, *sys.argv]), **doc}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two evaluations may share a cache file
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)
     return path
