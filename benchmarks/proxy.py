@@ -83,6 +83,7 @@ def eval_design(a, ckpt: Path) -> dict:
     # Default init does not depend on the design: its results are cached per architecture and setting.
     cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json",
                              enabled=not a.no_default_cache)
+    reused = _reused_ft(a, ckpt)
     rows = []
     for k, i in enumerate(todo):
         def fresh(i=i):
@@ -98,7 +99,9 @@ def eval_design(a, ckpt: Path) -> dict:
                "acc_pred": evaluate_init(pred, train, test, calib_batches=a.calib_batches),
                "acc_default": cache.get(cache.key(untrained, **settings), lambda: evaluate_init(
                    fresh(), train, test, calib_batches=a.calib_batches))}
-        if k < a.ft_n:
+        if k < a.ft_n and i in reused:
+            row.update(reused[i])
+        elif k < a.ft_n:
             state = {n: t.clone() for n, t in pred.state_dict().items()}
             fp, fd = [], []
             for seed in range(a.ft_seeds):  # data orders (seed 0: the protocol's original single run)
@@ -134,6 +137,22 @@ def eval_design(a, ckpt: Path) -> dict:
             "rows": rows}
 
 
+def _reused_ft(a, ckpt: Path) -> dict:
+    """``{val index: fine-tuning fields}`` of ``--ft-from``, an earlier results file of the same checkpoint, decoding
+    and fine-tuning settings (e.g. a run with a small ``--n``); anything else is refused."""
+    if not a.ft_from:
+        return {}
+    old = json.loads(Path(a.ft_from).read_text())
+    same = ("ft_steps", "ft_seeds", "test_n", "calib_batches", "max_arch_params")
+    diff = [k for k in same if old["args"].get(k, 1 if k == "ft_seeds" else None) != getattr(a, k)]
+    if Path(old["args"].get("ckpt") or "").resolve() != Path(ckpt).resolve() or old.get("ghn") != a.ghn_over:
+        diff.append("ckpt/decoding")
+    if diff:
+        sys.exit(f"error: --ft-from {a.ft_from}: {', '.join(diff)} differ from this evaluation's")
+    keys = ("ft_pred", "ft_default", "ft_pred_seeds", "ft_default_seeds")
+    return {r["index"]: {k: r[k] for k in keys if k in r} for r in old["rows"] if "ft_pred" in r}
+
+
 def _fam(row: dict) -> str:
     return f"{row['family']}-{row['norm']}"
 
@@ -157,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--ft-seeds", type=int, default=1, help="fine-tuning data orders per architecture and init; "
                    "ft_pred / ft_default are their means (one 100-step run of a LayerNorm CNN moves by 10+ points "
                    "with the data order)")
+    p.add_argument("--ft-from", default=None, help="take the fine-tuning results of these architectures from an "
+                   "earlier results file of the same checkpoint and settings (e.g. one run with a small --n)")
     p.add_argument("--test-n", type=int, default=1000, help="test images per evaluation (first N)")
     p.add_argument("--calib-batches", type=int, default=5, help="BN re-estimation batches of 128 images")
     p.add_argument("--threads", type=int, default=2)

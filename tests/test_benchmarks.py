@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -69,3 +70,27 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
     g = GraphHyperNetwork.load(out)
     assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
     assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
+
+
+def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settings(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("proxy", None)
+    import proxy
+
+    ckpt = tmp_path / "g.safetensors"
+    args = dict(ft_steps=100, ft_seeds=2, test_n=1000, calib_batches=5, max_arch_params=500_000, ckpt=str(ckpt))
+    rows = [{"index": 1, "acc_pred": 0.3, "ft_pred": 0.7, "ft_default": 0.69, "ft_pred_seeds": [0.7, 0.7]},
+            {"index": 2, "acc_pred": 0.2}]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"args": args, "ghn": {"equal_rows": "norm_fed"}, "rows": rows}))
+    a = argparse.Namespace(**{**args, "ft_from": str(old), "ghn_over": {"equal_rows": "norm_fed"}})
+    assert proxy._reused_ft(a, ckpt) == {1: {"ft_pred": 0.7, "ft_default": 0.69, "ft_pred_seeds": [0.7, 0.7]}}
+    for change in ({"ft_steps": 50}, {"ghn_over": {}}, {"ft_seeds": 1}):
+        with pytest.raises(SystemExit, match="differ"):
+            proxy._reused_ft(argparse.Namespace(**{**vars(a), **change}), ckpt)
+    with pytest.raises(SystemExit, match="ckpt"):
+        proxy._reused_ft(a, tmp_path / "other.safetensors")
