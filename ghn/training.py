@@ -221,7 +221,8 @@ def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tenso
     if logit_norm > 0:
         logits = standardize_logits(logits, logit_norm)
     ce = F.cross_entropy(logits, y)
-    pr = participation_ratio(feats[-1]) if feats and len(x) > 2 else ce.new_tensor(float("nan"))
+    with torch.set_grad_enabled(feat_rank > 0 and torch.is_grad_enabled()):  # only logged when the term is off
+        pr = participation_ratio(feats[-1]) if feats and len(x) > 2 else ce.new_tensor(float("nan"))
     loss = ce - feat_rank * pr.log() if feat_rank > 0 and bool(torch.isfinite(pr)) else ce
     return loss, (logits.argmax(-1) == y).float().mean(), ce.detach(), pr.detach()
 
