@@ -310,6 +310,8 @@ class Trainer:
             raise ValueError(f"--steps {cfg.steps}: nothing to train (must be >= 1)")
         if cfg.arch_grad_norm and cfg.mixed_precision == "fp16":
             raise ValueError("--arch-grad-norm does not support fp16 loss scaling; use --mixed-precision bf16 or no")
+        if cfg.feat_rank < 0:
+            raise ValueError(f"--feat-rank {cfg.feat_rank}: must be >= 0 (a negative weight would reward collapse)")
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg

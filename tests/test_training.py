@@ -323,6 +323,8 @@ def test_feat_rank_run_logs_cross_entropy_objective_and_feature_participation(tm
     train(c, data=ProtoData(), archs=ToyArchs())
     recs = [json.loads(line) for line in open(os.path.join(c.out_dir, "log.jsonl"))]
     assert len(recs) == 4 and all(r["feat_pr"] >= 1 and r["objective"] < r["loss"] for r in recs)
+    with pytest.raises(ValueError, match="feat-rank"):
+        train(cfg(tmp_path, "neg", feat_rank=-0.1), data=ProtoData(), archs=ToyArchs())
     c0 = cfg(tmp_path, "fr0", steps=2)
     train(c0, data=ProtoData(), archs=ToyArchs())
     assert all("objective" not in json.loads(line) for line in open(os.path.join(c0.out_dir, "log.jsonl")))
