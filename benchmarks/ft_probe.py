@@ -99,7 +99,6 @@ def main(argv=None) -> int:
         for v in a.variants:
             m = fresh()
             v_, _, head = v.partition("@head=")
-            v_, eq_rows = (v_[:-5], True) if v_.endswith("@rows") else (v_, False)
             name, rms = (v_[:-4], True) if v_.endswith("@rms") else (v_, False)
             if name != "default":
                 h = hyper if name == "pred" else hyper.with_config(**parse_overrides(name))
@@ -109,12 +108,6 @@ def main(argv=None) -> int:
                     for q, d in zip(m.parameters(), fresh().parameters()):
                         if q.dim() >= 2:
                             q.mul_(d.pow(2).mean().sqrt() / q.pow(2).mean().sqrt().clamp_min(1e-12))
-            if eq_rows:  # every output row (filter) of every matrix at the matrix's RMS: equal-energy channels
-                with torch.no_grad():
-                    for q in m.parameters():
-                        if q.dim() >= 2:
-                            r = q.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
-                            q.mul_((q.pow(2).mean().sqrt() / r).view(-1, *[1] * (q.dim() - 1)))
             if head:  # the classifier (weight and bias) times a factor: the same argmax, other fine-tuning dynamics
                 with torch.no_grad():
                     for q in classifier_layer(m).parameters():
