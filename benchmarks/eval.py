@@ -9,13 +9,19 @@ evaluation, also after fine-tuning: running averages lag behind fast-changing we
 mode with stale statistics and 77% after re-estimation).
 Default-init results (b, d) do not depend on the hypernetwork: they are reused from --default-cache when the model's
 tensors, the evaluation code, the thread count and every setting match (a second evaluation costs half).
-Writes benchmarks/results/eval_<dataset>_<split>.json with per-architecture numbers and a summary.
+With --speedup (needs --epochs 1), the predicted-init 1-epoch run is also evaluated after the SGD steps of
+--speedup-at (on a copy; the run itself is unchanged): the first of those steps at which it reaches default init's
+1-epoch accuracy gives the speed-up ``1-epoch steps / that step``. The learning rate has not annealed at an
+intermediate step, and the grid rounds up, so the figure is a lower bound; not reached within the epoch counts as 0.
+Writes benchmarks/results/eval_<dataset>_<split>.json with per-architecture numbers and a summary (also by family
+and by size band).
 
     python benchmarks/eval.py --ckpt ghn/pretrained/ghn-fmnist.safetensors --split test --n 50 --epochs 1
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -25,6 +31,35 @@ import torch
 from _results import DefaultInitCache, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 _CTX: dict = {}
+SIZE_BANDS = ((500_000, "<=500k"), (1_000_000, "<=1M"), (float("inf"), ">1M"))
+
+
+class StepProbe(torch.nn.Module):
+    """Wraps a model being fine-tuned: before the forward of each step ``k + 1`` with ``k`` in ``at`` (after ``k``
+    SGD steps) ``evaluate`` gets a copy of the model. The copy and the restored global RNG state (BN calibration runs
+    dropout) leave the fine-tuning trajectory exactly that of the unwrapped model."""
+
+    def __init__(self, model: torch.nn.Module, at, evaluate):
+        super().__init__()
+        self.model, self.at, self.evaluate, self.calls, self.curve = model, set(at), evaluate, 0, {}
+
+    def forward(self, x):
+        if self.calls in self.at:
+            rng = torch.get_rng_state()
+            self.curve[self.calls] = self.evaluate(copy.deepcopy(self.model))
+            torch.set_rng_state(rng)
+        self.calls += 1
+        return self.model(x)
+
+
+def speedup(curve: dict, total: int, target: float) -> float:
+    """``total / k`` for the first step ``k`` of ``curve`` (step -> accuracy) reaching ``target``; 0 if none does."""
+    k = next((k for k in sorted(curve) if curve[k] >= target), None)
+    return total / k if k else 0.0
+
+
+def size_band(params: int) -> str:
+    return next(name for top, name in SIZE_BANDS if params <= top)
 
 
 def _setup(a) -> None:
@@ -73,8 +108,12 @@ def _eval_arch(item) -> dict:
     for key, kw in budgets:
         m = fresh().to(dev)
         m.load_state_dict(state_pred)
-        finetune(m, train, lr=a.lr, seed=a.seed, device=dev, **kw)
+        probe = StepProbe(m, a.speedup_at if a.speedup and key == "ft1" else (), lambda c: evaluate_init(
+            c, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev))
+        total = finetune(probe, train, lr=a.lr, seed=a.seed, device=dev, **kw)
         row[f"{key}_pred"] = evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
+        if probe.curve:
+            row["ft1_pred_curve"] = {**probe.curve, total: row["ft1_pred"]}
 
         def ft_default(kw=kw):
             m = fresh()
@@ -82,6 +121,8 @@ def _eval_arch(item) -> dict:
             return evaluate_init(m, train, test, calib_batches=a.calib_batches, seed=a.seed, device=dev)
 
         row[f"{key}_default"] = cache.get(cache.key(untrained, **base, lr=a.lr, **kw), ft_default)
+        if probe.curve:
+            row["ft1_steps"], row["speedup"] = total, speedup(row["ft1_pred_curve"], total, row["ft1_default"])
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "spec"}),
           flush=True)
     return row
@@ -103,6 +144,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, nargs="*", default=[1.0], help="fine-tuning budgets (epochs)")
     p.add_argument("--steps", type=int, nargs="*", default=[], help="fine-tuning budgets in SGD steps (e.g. 100)")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--speedup", action="store_true", help="also the SGD-step speed-up to default init's 1-epoch "
+                   "accuracy (needs --epochs 1; see above)")
+    p.add_argument("--speedup-at", type=int, nargs="+", default=[25, 50, 75, 100, 150, 200, 250, 300, 350, 400],
+                   help="--speedup: SGD steps at which the predicted-init epoch is evaluated")
     p.add_argument("--test-n", type=int, default=10000, help="test images used (first N)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +159,8 @@ def main(argv=None) -> int:
                    help="default-init results are reused from here (keyed by the model's tensors, the evaluation "
                    "code and every setting); 'none' recomputes them")
     a = p.parse_args(argv)
+    if a.speedup and 1.0 not in a.epochs:
+        p.error("--speedup measures against the 1-epoch budget: add --epochs 1")
 
     from ghn.data import ArchDataset
 
@@ -148,12 +195,18 @@ def main(argv=None) -> int:
     summary = {"n_archs": len(rows), "acc_pred_mean": mean("acc_pred"), "acc_default_mean": mean("acc_default"),
                "acc_pred_median": statistics.median(r["acc_pred"] for r in rows),
                "acc_pred_max": max(r["acc_pred"] for r in rows)}
-    kinds: dict = {}
+    groups: dict = {"by_kind": {}, "by_family": {}, "by_size": {}}
     for r in rows:  # e.g. "cnn/bn", "vit/layer": where predictions work and where they do not
-        kinds.setdefault(f"{r['spec'].get('family')}/{r['spec'].get('norm', r['spec'].get('name'))}", []).append(r)
-    summary["by_kind"] = {k: {"n": len(v), "acc_pred_mean": statistics.mean(r["acc_pred"] for r in v),
-                              "acc_default_mean": statistics.mean(r["acc_default"] for r in v)}
-                          for k, v in sorted(kinds.items())}
+        groups["by_kind"].setdefault(f"{r['spec'].get('family')}/{r['spec'].get('norm', r['spec'].get('name'))}",
+                                     []).append(r)
+        groups["by_family"].setdefault(str(r["spec"].get("family")), []).append(r)
+        groups["by_size"].setdefault(size_band(r["params"]), []).append(r)
+    for g, members in groups.items():
+        summary[g] = {k: {"n": len(v), "acc_pred_mean": statistics.mean(r["acc_pred"] for r in v),
+                          "acc_default_mean": statistics.mean(r["acc_default"] for r in v)}
+                      for k, v in sorted(members.items())}
+    if a.speedup:
+        summary["speedup_median"] = statistics.median(r["speedup"] for r in rows)
     for key in [f"ft{e:g}" for e in a.epochs] + [f"ft{n}s" for n in a.steps]:
         summary[f"{key}_pred_mean"] = mean(f"{key}_pred")
         summary[f"{key}_default_mean"] = mean(f"{key}_default")

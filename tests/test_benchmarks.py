@@ -94,3 +94,35 @@ def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settin
             proxy._reused_ft(argparse.Namespace(**{**vars(a), **change}), ckpt)
     with pytest.raises(SystemExit, match="ckpt"):
         proxy._reused_ft(a, tmp_path / "other.safetensors")
+
+
+def test_eval_speedup_probe_leaves_the_fine_tuning_run_unchanged(monkeypatch):
+    import sys
+
+    from models import ProtoData
+
+    from ghn.evaluation import evaluate_init, finetune
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("eval", None)
+    import eval as ev
+
+    data = ProtoData(n=256)
+
+    def net():  # BatchNorm (the probe re-estimates statistics on a copy) and dropout (global RNG)
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3),
+                             nn.Linear(400, 4))
+
+    plain, probed = net(), net()
+    torch.manual_seed(1)
+    n = finetune(plain, data, epochs=2, batch_size=32, lr=0.05)
+    torch.manual_seed(1)
+    probe = ev.StepProbe(probed, [2, 5, 9], lambda m: evaluate_init(m, data, data, calib_batches=2, batch_size=32))
+    assert finetune(probe, data, epochs=2, batch_size=32, lr=0.05) == n == 16
+    assert sorted(probe.curve) == [2, 5, 9]
+    for a, b in zip(plain.state_dict().values(), probed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert ev.speedup({25: 0.5, 50: 0.8, 469: 0.9}, 469, 0.8) == 469 / 50
+    assert ev.speedup({25: 0.5, 469: 0.79}, 469, 0.8) == 0.0  # not reached within the epoch
+    assert [ev.size_band(p) for p in (500_000, 500_001, 3_000_000)] == ["<=500k", "<=1M", ">1M"]
