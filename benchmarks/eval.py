@@ -71,7 +71,9 @@ def _setup(a) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, a.procs)))
     test = get_dataset(a.dataset, a.data_root, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
-    _CTX.update(a=a, ghn=load_pretrained(a.ckpt, a.device), train=get_dataset(a.dataset, a.data_root, train=True),
+    hyper = load_pretrained(a.ckpt, a.device)
+    _CTX.update(a=a, ghn=hyper.with_config(**a.ghn_over) if a.ghn_over else hyper,
+                train=get_dataset(a.dataset, a.data_root, train=True),
                 test=test, archs={sp: ArchDataset(sp) for sp in a.split},
                 cache=DefaultInitCache(a.default_cache, enabled=a.default_cache != "none"))
 
@@ -129,6 +131,8 @@ def _eval_arch(item) -> dict:
 
 
 def main(argv=None) -> int:
+    from ghn.hypernet import add_config_arguments, pop_config_overrides
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="hypernetwork checkpoint; default: the shipped one")
     p.add_argument("--dataset", default="fashion-mnist")
@@ -158,7 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--default-cache", default=str(Path(__file__).parent / "results" / "default_init_cache.json"),
                    help="default-init results are reused from here (keyed by the model's tensors, the evaluation "
                    "code and every setting); 'none' recomputes them")
+    add_config_arguments(p)
     a = p.parse_args(argv)
+    a.ghn_over = pop_config_overrides(vars(a))  # decoding settings that keep the tensors (--default-scale-under-norm)
     if a.speedup and 1.0 not in a.epochs:
         p.error("--speedup measures against the 1-epoch budget: add --epochs 1")
 
