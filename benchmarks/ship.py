@@ -2,12 +2,13 @@
 """Make a trained hypernetwork the shipped default, with the metadata users and the issues ask for.
 
 Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its metadata: how it was chosen, the
-training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint: the logged archs/s of
-every interval, times ``--cores``), the machine, the command that trained it and the validation figures of
-``--result`` (a ``benchmarks/proxy.py`` results file). Decoding settings that keep the tensors (e.g.
-``--default-scale-under-norm``) are applied as they were in that evaluation (``proxy.py --eval-only`` with the same
-flags). A checkpoint written before train.py recorded the op types
-it trained on (``trained_ops``) gets them from a scan of ``--scan`` architectures spread over its training pool.
+training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint or in the run dir above a
+``ckpt-STEP/``, up to the checkpoint's step: the logged archs/s of every interval times its cores), the machine, the
+command that trained it and the validation figures of ``--result`` (a ``benchmarks/proxy.py`` results file).
+Decoding settings that keep the tensors (e.g. ``--default-scale-under-norm``) are applied as they were in that
+evaluation (``proxy.py --eval-only`` with the same flags). A checkpoint written before train.py recorded the op
+types it trained on (``trained_ops``) gets them from a scan of ``--scan`` architectures spread over its training
+pool.
 
     python benchmarks/ship.py --ckpt runs/proxy/NAME/ghn.safetensors --result benchmarks/results/proxy/NAME.json
 """
@@ -60,10 +61,13 @@ def main(argv=None) -> int:
     if over:
         ghn = ghn.with_config(**over)
     res = json.loads(Path(a.result).read_text())
-    log = Path(a.ckpt).parent / "log.jsonl"
-    if not log.is_file():
-        sys.exit(f"error: {log} not found: the training log gives the CPU-hours")
-    recs = read_log(str(log))
+    # the run's log: next to the checkpoint (a run's final one) or in the run dir above it (run/ckpt-STEP/)
+    log = next((d / "log.jsonl" for d in (Path(a.ckpt).parent, Path(a.ckpt).parent.parent)
+                if (d / "log.jsonl").is_file()), None)
+    if log is None:
+        sys.exit(f"error: no log.jsonl next to {a.ckpt} or in its run dir: the training log gives the CPU-hours")
+    step = ghn.extra.get("step")
+    recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
     cpu = cpu_hours(recs, procs=a.cores)[-1]  # each record's logged cores; --cores for records without them
     wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
     r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731

@@ -61,15 +61,17 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
     g = GraphHyperNetwork.load(out)
     assert g.config.default_scale_under_norm  # the decoding setting the result was measured with
     assert g.extra["val"]["ft_no_harm"] == 0.875 and "archs" not in g.extra
-    # hours from the log: an hour at the logged 1 core, then an hour of records without `cores` (--cores 2 counts)
-    recs = [{"step": 1800, "archs_per_step": 2, "archs_per_s": 1.0, "cores": 1, "loss": 2.0, "acc": 0.1},
-            {"step": 3600, "archs_per_step": 2, "archs_per_s": 1.0, "loss": 2.0, "acc": 0.1}]
+    # hours from the log: an hour at the logged 1 core, then an hour of records without `cores` (--cores 2 counts),
+    # then an hour after the checkpoint's step 2 that does not count; a run/ckpt-STEP/ finds the run's log
+    rec = {"archs_per_step": 2, "archs_per_s": 2 / 3600, "loss": 2.0, "acc": 0.1}
+    recs = [{**rec, "step": 1, "cores": 1}, {**rec, "step": 2}, {**rec, "step": 3}]
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    assert ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out),
-                      "--cores", "2"]) == 0
-    g = GraphHyperNetwork.load(out)
-    assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
-    assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
+    for ckpt in (run / "ghn.safetensors", run / "ckpt-0000002" / "ghn.safetensors"):
+        assert ship.main(["--ckpt", str(ckpt), "--result", str(tmp_path / "r.json"), "--out", str(out),
+                          "--cores", "2"]) == 0
+        g = GraphHyperNetwork.load(out)
+        assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
+        assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
 
 
 def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settings(tmp_path, monkeypatch):
