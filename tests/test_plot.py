@@ -28,3 +28,22 @@ def test_plots_from_a_tiny_log_and_results(tmp_path):
         assert main([kind, str(inp), "--out", str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["curve", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_scatter_keeps_one_colour_per_family_across_panels(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ghn.plot import plot_scatter
+
+    rows = [{"family": "cnn", "norm": "bn", "acc_pred": 0.3, "acc_default": 0.1},  # not fine-tuned
+            {"family": "vit", "norm": "ln", "acc_pred": 0.3, "acc_default": 0.1, "ft_pred": 0.5, "ft_default": 0.503}]
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps({"rows": rows}))
+    figs = []
+    monkeypatch.setattr(plt, "subplots", lambda *a, _s=plt.subplots, **k: figs.append(_s(*a, **k)) or figs[-1])
+    plot_scatter(str(res), str(tmp_path / "s.png"))
+    no_train, tuned = figs[0][1][0]
+    colour = lambda ax, fam: next(c.get_facecolor()[0].tolist() for c in ax.collections  # noqa: E731
+                                  if c.get_label() == fam)
+    assert colour(no_train, "vit/ln") == colour(tuned, "vit/ln") != colour(no_train, "cnn/bn")
+    assert tuned.get_title().endswith("on 1/1")  # 0.3 points behind counts as no harm
