@@ -167,6 +167,8 @@ def main(argv=None) -> int:
     a.ghn_over = pop_config_overrides(vars(a))  # decoding settings that keep the tensors (--default-scale-under-norm)
     if a.speedup and 1.0 not in a.epochs:
         p.error("--speedup measures against the 1-epoch budget: add --epochs 1")
+    if min(a.speedup_at) < 1:
+        p.error(f"--speedup-at takes SGD step counts >= 1, got {min(a.speedup_at)}")
 
     from ghn.data import ArchDataset
 
