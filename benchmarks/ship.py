@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         sys.exit(f"error: no log.jsonl next to {a.ckpt} or in its run dir: the training log gives the CPU-hours")
     step = ghn.extra.get("step")
     recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
+    if not recs:
+        sys.exit(f"error: {log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
     cpu = cpu_hours(recs, procs=a.cores)[-1]  # each record's logged cores; --cores for records without them
     wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
     r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731

@@ -72,6 +72,9 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
         g = GraphHyperNetwork.load(out)
         assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
         assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
+    (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
+    with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
+        ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
 
 
 def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settings(tmp_path, monkeypatch):
