@@ -131,3 +131,36 @@ def test_eval_speedup_probe_leaves_the_fine_tuning_run_unchanged(monkeypatch):
     assert ev.speedup({25: 0.5, 50: 0.8, 469: 0.9}, 469, 0.8) == 469 / 50
     assert ev.speedup({25: 0.5, 469: 0.79}, 469, 0.8) == 0.0  # not reached within the epoch
     assert [ev.size_band(p) for p in (500_000, 500_001, 3_000_000)] == ["<=500k", "<=1M", ">1M"]
+
+
+def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("paired", None)
+    import paired
+
+    def result(name, accs, fts):
+        rows = [{"index": i, "acc_pred": a, "acc_default": 0.1} for i, a in enumerate(accs)]
+        for r, (p, d) in zip(rows, fts):
+            r.update(ft_pred=p, ft_default=d)
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    ship = result("s.json", [0.30, 0.30, 0.30, 0.30], [(0.80, 0.80), (0.70, 0.72)])  # no-harm 1/2
+    same = result("a.json", [0.31, 0.29, 0.30, 0.30], [(0.80, 0.80), (0.70, 0.72)])
+    assert paired.main([same, ship, "--out", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["ships"] and out["acc_pred"]["n"] == 4 and abs(out["acc_pred"]["diff"]) < 1e-12
+    assert out["no_harm"] == {"candidate": [1, 2], "shipped": [1, 2]}
+    worse_signal = result("b.json", [0.25, 0.26, 0.24, 0.25], [(0.80, 0.80), (0.72, 0.72)])  # -5 +- 0.4 points
+    assert paired.main([worse_signal, ship, "--out", str(tmp_path / "o.json")]) == 0
+    assert not json.loads((tmp_path / "o.json").read_text())["ships"]
+    more_harm = result("c.json", [0.40, 0.40, 0.40, 0.40], [(0.78, 0.80), (0.70, 0.72)])  # no-harm 0/2
+    paired.main([more_harm, ship, "--out", str(tmp_path / "o.json")])
+    assert not json.loads((tmp_path / "o.json").read_text())["ships"]
+    assert "does not ship" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="rows"):
+        paired.main([str(tmp_path / "bad.json"), ship])

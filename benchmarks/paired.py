@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""A candidate against the shipped hypernetwork, paired per architecture, under the declared shipping rule.
+
+Both files are results of ``proxy.py`` (or ``eval.py``) on the same architectures. For each of no-training top-1
+(``acc_pred``) and top-1 after fine-tuning (``ft_pred``, where both have it) it gives the paired mean difference
+candidate - shipped with its standard error, and on how many architectures the candidate is better / worse.
+Then the rule declared in docs/BENCHMARKS.md (session 8): the candidate ships if its do-no-harm count (``ft_pred
+>= ft_default - 0.5`` points) is not lower than the shipped one's AND its no-training mean is not lower by more
+than one paired standard error.
+
+    python benchmarks/paired.py benchmarks/results/proxy/campaign-8719_dsun_n65_s2.json \\
+        benchmarks/results/proxy/campaign-5587_dsun_n65_s2.json --out benchmarks/results/paired_8719.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+NO_HARM_MARGIN = 0.005  # do-no-harm: predicted >= default - 0.5 points (as in eval.py and proxy.py)
+
+
+def _rows(path: str) -> dict:
+    doc = json.loads(Path(path).read_text())
+    if "rows" not in doc:
+        raise SystemExit(f"{path}: no per-architecture 'rows' (not a proxy.py or eval.py result)")
+    return {(r.get("split", ""), r["index"]): r for r in doc["rows"]}
+
+
+def paired(cand: dict, ship: dict, key: str) -> dict | None:
+    """Paired difference of ``key`` over the architectures both have it for."""
+    keys = sorted(k for k in cand if k in ship and cand[k].get(key) is not None and ship[k].get(key) is not None)
+    if not keys:
+        return None
+    d = [cand[k][key] - ship[k][key] for k in keys]
+    n, mean = len(d), sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    return {"n": n, "candidate": sum(cand[k][key] for k in keys) / n, "shipped": sum(ship[k][key] for k in keys) / n,
+            "diff": mean, "se": se, "better": sum(x > 0 for x in d), "worse": sum(x < 0 for x in d)}
+
+
+def no_harm(rows: dict) -> tuple[int, int]:
+    ft = [r for r in rows.values() if r.get("ft_pred") is not None and r.get("ft_default") is not None]
+    return sum(r["ft_pred"] >= r["ft_default"] - NO_HARM_MARGIN for r in ft), len(ft)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("candidate")
+    p.add_argument("shipped")
+    p.add_argument("--out", default=None, help="write the comparison as JSON here")
+    a = p.parse_args(argv)
+    cand, ship = _rows(a.candidate), _rows(a.shipped)
+    out = {"candidate": a.candidate, "shipped": a.shipped}
+    for key in ("acc_pred", "ft_pred"):
+        r = paired(cand, ship, key)
+        out[key] = r
+        if r:
+            print(f"{key:9s} n={r['n']:3d}  candidate {100 * r['candidate']:.1f}%  shipped {100 * r['shipped']:.1f}%  "
+                  f"paired {100 * r['diff']:+.1f} +- {100 * r['se']:.1f}  better {r['better']} worse {r['worse']}")
+    (hc, nc), (hs, ns) = no_harm(cand), no_harm(ship)
+    out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
+    acc = out["acc_pred"]
+    if acc is None or nc == 0 or ns == 0:
+        raise SystemExit("cannot apply the rule: no common no-training rows, or no fine-tuning rows on one side")
+    out["ships"] = bool(hc / nc >= hs / ns and acc["diff"] >= -acc["se"])
+    print(f"do-no-harm candidate {hc}/{nc}, shipped {hs}/{ns}; "
+          f"{'SHIPS' if out['ships'] else 'does not ship'} under the declared rule")
+    if a.out:
+        write_results(a.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
