@@ -14,6 +14,9 @@ A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales ev
 its default init: the predicted direction with the default scale (under a normalisation the scale sets the
 effective fine-tuning learning rate, not the function). A suffix ``@head=S`` (``pred@head=0.1``) multiplies the
 classifier's weight and bias by ``S``: the same predictions with no training, softer logits to fine-tune from.
+A suffix ``@reset=KIND`` (``conv``, ``norm`` or ``head``; repeatable) puts those modules back to their default
+init: which part of a predicted model makes fine-tuning worse. ``--split predefined`` probes the built-in models
+(index 0 is resnet18).
 
     python benchmarks/ft_probe.py --indices 1 3 --variants default pred noise_share=0.5
 """
@@ -65,6 +68,30 @@ def parse_overrides(variant: str) -> dict:
     return out
 
 
+RESETTABLE = {"conv": (nn.modules.conv._ConvNd,),
+              "norm": (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)}
+
+
+@torch.no_grad()
+def apply_modifier(m: nn.Module, default: nn.Module, mod: str) -> None:
+    """One ``@`` suffix of a variant on model ``m``; ``default`` is the same architecture at its default init."""
+    if mod == "rms":  # every matrix rescaled to its default-init RMS: the direction predicted, the scale default
+        for q, d in zip(m.parameters(), default.parameters()):
+            if q.dim() >= 2:
+                q.mul_(d.pow(2).mean().sqrt() / q.pow(2).mean().sqrt().clamp_min(1e-12))
+    elif mod.startswith("head="):  # the classifier (weight and bias) times a factor: same argmax, other dynamics
+        for q in classifier_layer(m).parameters():
+            q.mul_(float(mod[5:]))
+    elif mod == "reset=head":
+        classifier_layer(m).load_state_dict(classifier_layer(default).state_dict())
+    elif mod.startswith("reset=") and mod[6:] in RESETTABLE:
+        for mm, dd in zip(m.modules(), default.modules()):
+            if isinstance(mm, RESETTABLE[mod[6:]]):
+                mm.load_state_dict(dd.state_dict())
+    else:
+        raise SystemExit(f"unknown variant suffix @{mod}: expected @rms, @head=S or @reset=conv|norm|head")
+
+
 def main(argv=None) -> int:
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
@@ -98,20 +125,12 @@ def main(argv=None) -> int:
 
         for v in a.variants:
             m = fresh()
-            v_, _, head = v.partition("@head=")
-            name, rms = (v_[:-4], True) if v_.endswith("@rms") else (v_, False)
+            name, *mods = v.split("@")
             if name != "default":
                 h = hyper if name == "pred" else hyper.with_config(**parse_overrides(name))
                 h.initialize(m, torch.zeros(2, c, s, s))
-            if rms:  # every matrix rescaled to its default-init RMS: the direction predicted, the scale default
-                with torch.no_grad():
-                    for q, d in zip(m.parameters(), fresh().parameters()):
-                        if q.dim() >= 2:
-                            q.mul_(d.pow(2).mean().sqrt() / q.pow(2).mean().sqrt().clamp_min(1e-12))
-            if head:  # the classifier (weight and bias) times a factor: the same argmax, other fine-tuning dynamics
-                with torch.no_grad():
-                    for q in classifier_layer(m).parameters():
-                        q.mul_(float(head))
+            for mod in mods:
+                apply_modifier(m, fresh(), mod)
             state = {k: t.clone() for k, t in m.state_dict().items()}
             calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,

@@ -164,3 +164,29 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="rows"):
         paired.main([str(tmp_path / "bad.json"), ship])
+
+
+def test_ft_probe_reset_suffix_puts_only_that_kind_back_to_default_init(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ft_probe", None)
+    import ft_probe
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+
+    default, m = net(), net()
+    with torch.no_grad():
+        for q in m.parameters():
+            q.add_(1.0)  # "predicted"
+    ft_probe.apply_modifier(m, default, "reset=conv")
+    assert torch.equal(m[0].weight, default[0].weight) and torch.equal(m[0].bias, default[0].bias)
+    assert not torch.equal(m[1].weight, default[1].weight) and not torch.equal(m[3].weight, default[3].weight)
+    ft_probe.apply_modifier(m, default, "reset=norm")
+    assert torch.equal(m[1].weight, default[1].weight) and not torch.equal(m[3].weight, default[3].weight)
+    ft_probe.apply_modifier(m, default, "reset=head")
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), default.parameters()))
+    with pytest.raises(SystemExit, match="unknown variant suffix"):
+        ft_probe.apply_modifier(m, default, "reset=attention")
