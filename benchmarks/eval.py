@@ -14,7 +14,9 @@ With --speedup (needs --epochs 1), the predicted-init 1-epoch run is also evalua
 1-epoch accuracy gives the speed-up ``1-epoch steps / that step``. The learning rate has not annealed at an
 intermediate step, and the grid rounds up, so the figure is a lower bound; not reached within the epoch counts as 0.
 Writes benchmarks/results/eval_<dataset>_<split>.json with per-architecture numbers and a summary (also by family
-and by size band).
+and by size band). Every finished architecture is also appended to ``<out>.partial.jsonl`` at once: an evaluation
+stopped midway (a session's end) resumes from it when run again with the same settings, and the file is removed
+once the results are written.
 
     python benchmarks/eval.py --ckpt ghn/pretrained/ghn-fmnist.safetensors --split test --n 50 --epochs 1
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import statistics
 import time
@@ -130,6 +133,44 @@ def _eval_arch(item) -> dict:
     return row
 
 
+def _row_settings(a) -> dict:
+    """Everything a row's numbers depend on: rows of a stopped run are reused only when all of it matches."""
+    from ghn.hypernet import DEFAULT_CHECKPOINT
+
+    ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
+    return {"ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "ghn_over": a.ghn_over,
+            "dataset": a.dataset, "data_root": a.data_root, "test_n": a.test_n, "calib_batches": a.calib_batches,
+            "epochs": a.epochs, "steps": a.steps, "lr": a.lr, "seed": a.seed, "channels_last": a.channels_last,
+            "speedup_at": a.speedup_at if a.speedup else None, "device": str(a.device),
+            "threads": max(1, torch.get_num_threads() // max(1, a.procs)), "torch": torch.__version__}
+
+
+class PartialRows:
+    """Rows of an evaluation appended one JSON line each as they finish, after a header of the settings."""
+
+    def __init__(self, path: Path, settings: dict, fresh: bool = False):
+        self.path, self.settings = Path(path), json.loads(json.dumps(settings))
+        self._rows: dict = {}
+        if self.path.is_file() and not fresh:
+            lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+            if not lines or lines[0].get("settings") != self.settings:
+                raise SystemExit(f"error: {self.path} holds rows of an evaluation with other settings; "
+                                 "pass --fresh to start over, or another --out")
+            self._rows = {(r["split"], r["index"]): r for r in lines[1:]}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
+
+    def rows(self) -> dict:
+        return dict(self._rows)
+
+    def add(self, row: dict) -> dict:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._rows[(row["split"], row["index"])] = row
+        return row
+
+
 def main(argv=None) -> int:
     from ghn.hypernet import add_config_arguments, pop_config_overrides
 
@@ -157,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--procs", type=int, default=1, help="architectures evaluated in parallel (processes)")
     p.add_argument("--out", default=None)
+    p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the rows of a stopped evaluation "
+                   "in <out>.partial.jsonl instead of resuming from them")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="4-D weights in channels_last (conv nets about 1.2x faster on CPU; float-level differences)")
     p.add_argument("--default-cache", default=str(Path(__file__).parent / "results" / "default_init_cache.json"),
@@ -184,15 +227,24 @@ def main(argv=None) -> int:
             idx = [i for i in idx if count_params(archs[i], d.num_classes, d.in_channels, d.image_size) <= a.max_params]
         idx = idx[:a.n] if a.indices is None else list(a.indices)
         todo += [(sp, i) for i in idx]
+    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
+    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), fresh=a.fresh)
+    done = partial.rows()
+    left = [t for t in todo if t not in done]
+    if done:
+        print(f"resuming: {len(todo) - len(left)} of {len(todo)} architectures from {partial.path}", flush=True)
     t0 = time.perf_counter()
-    if a.procs > 1:
+    if a.procs > 1 and left:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(a.procs, initializer=_setup, initargs=(a,)) as pool:
-            rows = pool.map(_eval_arch, todo, chunksize=1)
-    else:
+            for row in pool.imap(_eval_arch, left, chunksize=1):
+                done[(row["split"], row["index"])] = partial.add(row)
+    elif left:
         _setup(a)
-        rows = [_eval_arch(i) for i in todo]
+        for t in left:
+            done[t] = partial.add(_eval_arch(t))
+    rows = [done[t] for t in todo]
     from ghn.hypernet import load_pretrained
 
     ckpt_extra = getattr(load_pretrained(a.ckpt), "extra", {})
@@ -224,8 +276,8 @@ def main(argv=None) -> int:
     doc = {"procs": a.procs, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "args": vars(a), "ckpt_extra": ckpt_extra,
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
-    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
     write_results(out, doc)
+    partial.path.unlink(missing_ok=True)  # every row is in the results now
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -190,3 +190,40 @@ def test_ft_probe_reset_suffix_puts_only_that_kind_back_to_default_init(monkeypa
     assert all(torch.equal(a, b) for a, b in zip(m.parameters(), default.parameters()))
     with pytest.raises(SystemExit, match="unknown variant suffix"):
         ft_probe.apply_modifier(m, default, "reset=attention")
+
+
+def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("eval", None)
+    import eval as ev
+
+    calls = []
+
+    def fake_eval(item, stop_at=None):  # the per-architecture work, without the minutes of evaluation
+        if item == stop_at:
+            raise KeyboardInterrupt  # a session's end
+        calls.append(item)
+        return {"split": item[0], "index": item[1], "spec": {"family": "cnn", "norm": "bn"}, "params": 1000,
+                "acc_pred": 0.3 + item[1] / 100, "acc_default": 0.1}
+
+    monkeypatch.setattr(ev, "_setup", lambda a: None)
+    out = tmp_path / "r.json"
+    argv = ["--split", "val", "--indices", "0", "1", "2", "--epochs", "--out", str(out), "--default-cache", "none"]
+    monkeypatch.setattr(ev, "_eval_arch", lambda item: fake_eval(item, stop_at=("val", 2)))
+    with pytest.raises(KeyboardInterrupt):
+        ev.main(argv)
+    partial = tmp_path / "r.json.partial.jsonl"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 3  # settings + 2 finished rows
+    monkeypatch.setattr(ev, "_eval_arch", fake_eval)
+    assert ev.main(argv) == 0
+    assert calls == [("val", 0), ("val", 1), ("val", 2)]  # the first two were not evaluated again
+    doc = json.loads(out.read_text())
+    assert [r["index"] for r in doc["rows"]] == [0, 1, 2] and abs(doc["summary"]["acc_pred_mean"] - 0.31) < 1e-9
+    assert not partial.exists()
+    partial.write_text(json.dumps({"settings": {"test_n": 5}}) + "\n")  # a stopped run with other settings
+    with pytest.raises(SystemExit, match="other settings"):
+        ev.main(argv)
+    assert ev.main(argv + ["--fresh"]) == 0 and len(calls) == 6
