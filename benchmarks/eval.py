@@ -138,6 +138,8 @@ def _row_settings(a) -> dict:
     from ghn.hypernet import DEFAULT_CHECKPOINT
 
     ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
+    if not ckpt.is_file():
+        raise SystemExit(f"error: no hypernetwork checkpoint at {ckpt}")
     return {"ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "ghn_over": a.ghn_over,
             "dataset": a.dataset, "data_root": a.data_root, "test_n": a.test_n, "calib_batches": a.calib_batches,
             "epochs": a.epochs, "steps": a.steps, "lr": a.lr, "seed": a.seed, "channels_last": a.channels_last,

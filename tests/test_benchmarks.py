@@ -227,3 +227,15 @@ def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monke
     with pytest.raises(SystemExit, match="other settings"):
         ev.main(argv)
     assert ev.main(argv + ["--fresh"]) == 0 and len(calls) == 6
+
+
+def test_eval_refuses_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("eval", None)
+    import eval as ev
+
+    with pytest.raises(SystemExit, match="no hypernetwork checkpoint"):
+        ev.main(["--ckpt", str(tmp_path / "nope.safetensors"), "--split", "val", "--indices", "0", "--epochs",
+                 "--out", str(tmp_path / "r.json")])
