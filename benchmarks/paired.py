@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-NO_HARM_MARGIN = 0.005  # do-no-harm: predicted >= default - 0.5 points (as in eval.py and proxy.py)
+from ghn.plot import no_harm
 
 
 def _rows(path: str) -> dict:
@@ -43,9 +43,9 @@ def paired(cand: dict, ship: dict, key: str) -> dict | None:
             "diff": mean, "se": se, "better": sum(x > 0 for x in d), "worse": sum(x < 0 for x in d)}
 
 
-def no_harm(rows: dict) -> tuple[int, int]:
+def no_harm_count(rows: dict) -> tuple[int, int]:
     ft = [r for r in rows.values() if r.get("ft_pred") is not None and r.get("ft_default") is not None]
-    return sum(r["ft_pred"] >= r["ft_default"] - NO_HARM_MARGIN for r in ft), len(ft)
+    return sum(no_harm(r["ft_pred"], r["ft_default"]) for r in ft), len(ft)
 
 
 def main(argv=None) -> int:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         if r:
             print(f"{key:9s} n={r['n']:3d}  candidate {100 * r['candidate']:.1f}%  shipped {100 * r['shipped']:.1f}%  "
                   f"paired {100 * r['diff']:+.1f} +- {100 * r['se']:.1f}  better {r['better']} worse {r['worse']}")
-    (hc, nc), (hs, ns) = no_harm(cand), no_harm(ship)
+    (hc, nc), (hs, ns) = no_harm_count(cand), no_harm_count(ship)
     out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
     acc = out["acc_pred"]
     if acc is None or nc == 0 or ns == 0:

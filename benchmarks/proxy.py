@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from _results import DefaultInitCache, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from ghn.plot import no_harm
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -131,7 +133,7 @@ def eval_design(a, ckpt: Path) -> dict:
             "role_cos": med("median_role_cos"),
             "ft_n": len(ft), "ft_pred": statistics.mean(r["ft_pred"] for r in ft) if ft else None,
             "ft_default": statistics.mean(r["ft_default"] for r in ft) if ft else None,
-            "ft_no_harm": sum(r["ft_pred"] >= r["ft_default"] - 0.005 for r in ft) / len(ft) if ft else None,
+            "ft_no_harm": sum(no_harm(r["ft_pred"], r["ft_default"]) for r in ft) / len(ft) if ft else None,
             "ft_gap_by_family": {f: statistics.mean(r["ft_pred"] - r["ft_default"] for r in ft if _fam(r) == f)
                                  for f in sorted({_fam(r) for r in ft})},
             "rows": rows}

@@ -29,6 +29,14 @@ def _plt():
     return plt
 
 
+NO_HARM_MARGIN = 0.005  # do no harm (the issues' criterion): predicted init at least default init - 0.5 points
+
+
+def no_harm(pred: float, default: float) -> bool:
+    """Whether a predicted-init top-1 does no harm against the default-init one (both as fractions)."""
+    return pred >= default - NO_HARM_MARGIN
+
+
 def read_log(path: str) -> List[Dict[str, Any]]:
     """Records of a ``log.jsonl`` (a torn last line is skipped), in step order, one per step."""
     recs: Dict[int, Dict[str, Any]] = {}
@@ -115,8 +123,7 @@ def plot_scatter(results: str, out: str) -> str:
             if pts:
                 ax.scatter(*zip(*pts), s=14, label=f, alpha=0.8, color=f"C{k % 10}")
         ax.plot([0, 100], [0, 100], color="gray", lw=0.8, ls="--")
-        # the do-no-harm criterion of the issues: predicted at least default init - 0.5 points
-        wins = sum(r[kp] >= r[kd] - 0.005 for r in rows if kp in r and r[kp] is not None)
+        wins = sum(no_harm(r[kp], r[kd]) for r in rows if kp in r and r[kp] is not None)
         n = sum(1 for r in rows if kp in r and r[kp] is not None)
         ax.set_title(f"{label}: predicted >= default - 0.5 pt on {wins}/{n}", fontsize=10)
         ax.set_xlabel("default init top-1 (%)")
