@@ -156,7 +156,13 @@ class PartialRows:
         self.path, self.settings = Path(path), json.loads(json.dumps(settings))
         self._rows: dict = {}
         if self.path.is_file() and not fresh:
-            lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+            text = [x for x in self.path.read_text().splitlines() if x.strip()]
+            try:
+                json.loads(text[-1]) if text else None
+            except json.JSONDecodeError:  # a process killed mid-append: that architecture is evaluated again
+                text = text[:-1]
+                self.path.write_text("".join(x + "\n" for x in text))
+            lines = [json.loads(x) for x in text]
             if not lines or lines[0].get("settings") != self.settings:
                 raise SystemExit(f"error: {self.path} holds rows of an evaluation with other settings; "
                                  "pass --fresh to start over, or another --out")

@@ -217,6 +217,8 @@ def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monke
         ev.main(argv)
     partial = tmp_path / "r.json.partial.jsonl"
     assert not out.exists() and len(partial.read_text().splitlines()) == 3  # settings + 2 finished rows
+    with partial.open("a") as f:
+        f.write('{"split": "val", "index": 2, "acc_')  # killed in the middle of appending a row
     monkeypatch.setattr(ev, "_eval_arch", fake_eval)
     assert ev.main(argv) == 0
     assert calls == [("val", 0), ("val", 1), ("val", 2)]  # the first two were not evaluated again
