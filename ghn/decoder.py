@@ -93,8 +93,12 @@ class LowRankDecoder(nn.Module):
     def __init__(self, hidden: int = 64, rank: int = 32, code_dim: int = 64, kernel_code_dim: int = 16,
                  code_seed: int = 0, base: bool = True, orth: bool = True, max_pred_share: float = 0.9,
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
-                 default_scale_under_norm: bool = True, equal_rows: str = "none"):  # GHNConfig's defaults
+                 default_scale_under_norm: bool = True, equal_rows: str = "none",
+                 max_dir_ratio: float = 0.0):  # GHNConfig's defaults
         super().__init__()
+        if max_dir_ratio < 0:
+            raise ValueError(f"max_dir_ratio must be >= 0 (0: no cap), got {max_dir_ratio}")
+        self.max_dir_ratio = max_dir_ratio
         if equal_rows not in EQUAL_ROWS:
             raise ValueError(f"equal_rows must be one of {EQUAL_ROWS}, got {equal_rows!r}")
         self.equal_rows = equal_rows
@@ -206,6 +210,8 @@ class LowRankDecoder(nn.Module):
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
+            if self.max_dir_ratio > 0:
+                t = t.clamp(max=self._dir_cap_angle(min(n_out, n_in * math.prod(kernel))))
             z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)
             w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
@@ -217,6 +223,16 @@ class LowRankDecoder(nn.Module):
             w = self._equalize_rows(w, refs, norm_fed)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
+
+    def _dir_cap_angle(self, m: int) -> float:
+        """The largest mixing angle at which each of the predicted part's ``rank`` directions carries at most
+        ``max_dir_ratio`` times the energy of each of the other ``m`` directions of the final matrix (after the
+        noise floor): ``f m / ((1 - f) r) <= kappa`` with ``f = (1 - noise_share) sin(t)^2``. The predicted part is
+        rank ``r`` whatever the width, so at a fixed share its directions grow ``m / r`` times stronger than the rest
+        on wide layers (a 512-channel conv: 4.7x at share 0.2); the cap keeps that ratio width-independent."""
+        kr = self.max_dir_ratio * min(self.rank, m)
+        f_max = kr / (m + kr) / (1.0 - self.noise_share)
+        return math.asin(math.sqrt(min(1.0, f_max)))
 
     def _equalize_rows(self, w: Tensor, refs: Sequence[ParamRef], norm_fed: Optional[Sequence[bool]]) -> Tensor:
         """Every output row (filter) of the selected matrices at the same RMS as the whole matrix (``equal_rows``):

@@ -67,6 +67,9 @@ class GHNConfig:
     equal_rows: str = "none"      # "norm_fed": every filter of a matrix that only feeds normalisations at the
                                   # matrix's RMS (a per-channel scale BN divides out; it sets each channel's
                                   # fine-tuning rate); "all": every matrix's
+    max_dir_ratio: float = 0.0    # > 0: cap the mixing angle so each predicted direction carries at most this times
+                                  # the energy of each other direction of the matrix (the rank-r part otherwise
+                                  # dominates wide layers m/r-fold); 0: no cap
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -99,7 +102,8 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 # What the fields added after format version 1 mean when a stored config lacks them: the original design.
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
-                                 "default_scale_under_norm": False, "equal_rows": "none"}
+                                 "default_scale_under_norm": False, "equal_rows": "none",
+                                 "max_dir_ratio": 0.0}
 
 
 @dataclass
@@ -152,7 +156,8 @@ class GraphHyperNetwork(nn.Module):
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
-                                      c.noise_share, c.default_scale_under_norm, c.equal_rows)
+                                      c.noise_share, c.default_scale_under_norm, c.equal_rows,
+                                      c.max_dir_ratio)
 
     @property
     def task(self) -> Task:

@@ -299,6 +299,33 @@ def test_noise_share_breaks_duplicated_channels_deterministically():
         GraphHyperNetwork(noise_share=1.0)
 
 
+def test_max_dir_ratio_caps_the_predicted_part_on_wide_layers_only(tmp_path):
+    g = make_ghn(base_kind="gaussian", noise_share=0.0)  # rank 8
+    with torch.no_grad():
+        g.decoder.head_gate.bias.fill_(30.0)  # gate fully open: the predicted part takes max_pred_share = 0.9
+
+    def decode(ghn):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
+        ghn.initialize(m, torch.randn(2, 256))
+        return m
+
+    def top_energy(w, r=8):  # energy fraction of the top r singular values
+        s = torch.linalg.svdvals(w.detach()).pow(2)
+        return float(s[:r].sum() / s.sum())
+
+    plain, capped = decode(g), decode(g.with_config(max_dir_ratio=9.0))
+    assert top_energy(plain[0].weight) > 0.85
+    # 256 wide: f <= 9 * 8 / (256 + 72) = 0.22, plus the base's own share of the top 8 directions
+    assert 0.2 < top_energy(capped[0].weight) < 0.4
+    assert torch.equal(plain[2].weight, capped[2].weight)  # 4 rows: f <= 9 * 4 / (4 + 36) = 0.9, not binding
+    capped_g = g.with_config(max_dir_ratio=9.0)
+    capped_g.save(tmp_path / "g.safetensors")
+    assert GraphHyperNetwork.load(tmp_path / "g.safetensors").config.max_dir_ratio == 9.0
+    with pytest.raises(ValueError, match="max_dir_ratio"):
+        GraphHyperNetwork(max_dir_ratio=-1.0)
+
+
 def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):
     ghn = make_ghn()
     with torch.no_grad():

@@ -89,3 +89,18 @@ def test_predict_cli_inspect_reports_spectrum(run, ckpt):
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("models:TinyCNN:") and " | " in ln)
     assert "effective rank / default" in line and "top-sigma energy" in line and "degenerate:" in line
+
+
+def test_predict_cli_max_dir_ratio_decodes_like_with_config(run, ckpt, tmp_path):
+    out = tmp_path / "w.safetensors"
+    r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--out", str(out), "--max-dir-ratio", "0.01")
+    assert r.returncode == 0, r.stderr
+    model = TinyCNN(num_classes=4, in_channels=1)
+    g = GraphHyperNetwork.load(ckpt).eval()
+    capped = g.with_config(max_dir_ratio=0.01).predict_params(model, torch.zeros(2, 1, 12, 12))
+    plain = g.predict_params(model, torch.zeros(2, 1, 12, 12))
+    weights = load_file(str(out))
+    torch.testing.assert_close(weights["fc.weight"], capped["fc.weight"].detach())
+    assert not torch.allclose(weights["blocks.0.0.weight"], plain["blocks.0.0.weight"].detach())
+    r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--max-dir-ratio", "-1")
+    assert r.returncode != 0 and "--max-dir-ratio must be >= 0" in r.stderr
