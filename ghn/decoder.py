@@ -98,6 +98,8 @@ class LowRankDecoder(nn.Module):
         super().__init__()
         if max_dir_ratio < 0:
             raise ValueError(f"max_dir_ratio must be >= 0 (0: no cap), got {max_dir_ratio}")
+        if max_dir_ratio > 0 and not base:
+            raise ValueError("max_dir_ratio caps the mixing angle of the base design: it needs base=True")
         self.max_dir_ratio = max_dir_ratio
         if equal_rows not in EQUAL_ROWS:
             raise ValueError(f"equal_rows must be one of {EQUAL_ROWS}, got {equal_rows!r}")

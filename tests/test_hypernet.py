@@ -324,6 +324,8 @@ def test_max_dir_ratio_caps_the_predicted_part_on_wide_layers_only(tmp_path):
     assert GraphHyperNetwork.load(tmp_path / "g.safetensors").config.max_dir_ratio == 9.0
     with pytest.raises(ValueError, match="max_dir_ratio"):
         GraphHyperNetwork(max_dir_ratio=-1.0)
+    with pytest.raises(ValueError, match="needs base=True"):
+        GraphHyperNetwork(max_dir_ratio=0.5, base=False)
 
 
 def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):
