@@ -103,4 +103,4 @@ def test_predict_cli_max_dir_ratio_decodes_like_with_config(run, ckpt, tmp_path)
     torch.testing.assert_close(weights["fc.weight"], capped["fc.weight"].detach())
     assert not torch.allclose(weights["blocks.0.0.weight"], plain["blocks.0.0.weight"].detach())
     r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--max-dir-ratio", "-1")
-    assert r.returncode != 0 and "--max-dir-ratio must be >= 0" in r.stderr
+    assert r.returncode != 0 and "max_dir_ratio must be >= 0" in r.stderr

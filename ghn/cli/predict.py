@@ -40,8 +40,6 @@ def main(argv=None) -> int:
                         "matrix (e.g. 0.25): less signal with no training, closer to default init when fine-tuning "
                         "wide models (docs/DESIGN.md, 'Per-direction cap'); default: the checkpoint's")
     a = p.parse_args(argv)
-    if a.max_dir_ratio is not None and not a.max_dir_ratio >= 0:
-        p.error(f"--max-dir-ratio must be >= 0, got {a.max_dir_ratio}")
     for flag in ("num_classes", "in_channels", "image_size", "batch_size"):
         v = getattr(a, flag)
         if v is not None and v < 1:
@@ -55,7 +53,10 @@ def main(argv=None) -> int:
         check_out_path(a.out)  # before any work
     ghn = load_pretrained(a.ckpt, a.device)
     if a.max_dir_ratio is not None:
-        ghn = ghn.with_config(max_dir_ratio=a.max_dir_ratio)
+        try:  # the decoder owns the rule (>= 0, needs the base design)
+            ghn = ghn.with_config(max_dir_ratio=a.max_dir_ratio)
+        except ValueError as e:
+            p.error(f"--max-dir-ratio: {e}")
     task = ghn.task.with_overrides(num_classes=a.num_classes, in_channels=a.in_channels, image_size=a.image_size)
     print(f"hypernetwork: {a.ckpt or 'shipped default'} ({ghn.num_params():,} params; trained on "
           f"{ghn.task.dataset or 'unknown'}); target task: {task.num_classes} classes, "
