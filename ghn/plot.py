@@ -79,6 +79,14 @@ def plot_curve(log: str, out: str, smooth: int = 20, cores: int = 1) -> str:
         ax[0, col].plot(x, _smooth([r["loss"] for r in recs], smooth), lw=1)
         ax[1, col].plot(x, _smooth([100 * r["acc"] for r in recs], smooth), lw=1, color="tab:green")
         ax[1, col].set_xlabel(label)
+    for i in range(1, len(recs)):  # where a resume switched a decoding dial (train.py RESUME_SWITCHABLE)
+        was, now = recs[i - 1].get("max_dir_ratio", 0.0), recs[i].get("max_dir_ratio", 0.0)
+        if was != now:
+            for col, x in enumerate((steps, hours)):
+                for row in range(2):
+                    ax[row, col].axvline(x[i - 1], color="grey", ls=":", lw=1)
+                ax[0, col].annotate(f"max_dir_ratio {was:g} -> {now:g}", (x[i - 1], 1), fontsize=7, ha="right",
+                                    va="top", rotation=90, color="grey", xycoords=("data", "axes fraction"))
     ax[0, 0].set_ylabel("training loss")
     ax[1, 0].set_ylabel("training top-1 (%)")
     fig.suptitle(f"{Path(log).parent.name}: {steps[-1]} steps, {hours[-1]:.2f} CPU-hours (moving mean of {smooth})")

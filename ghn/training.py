@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -90,6 +90,9 @@ class TrainConfig:
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
                 "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
                 "feat_rank", "channels_last", "max_arch_params", "pool_size", "arch_filter")
+# hypernetwork settings a resume may switch: decoding dials with no parameters of their own (the weights, optimizer,
+# schedule and data order continue; later checkpoints store the new value, so their resumes stay exact)
+RESUME_SWITCHABLE = ("max_dir_ratio",)
 
 
 @dataclass
@@ -363,6 +366,7 @@ class Trainer:
         """The checkpoint to resume (``latest`` resolved), its hypernetwork loaded once into ``self._saved``."""
         cfg = self.cfg
         self._saved: Optional[GraphHyperNetwork] = None
+        self._switch: Dict[str, Any] = {}
         if not cfg.resume:
             return None
         rdir = rundir.latest_checkpoint(self.out_dir) if cfg.resume == "latest" else Path(cfg.resume)
@@ -381,10 +385,15 @@ class Trainer:
         diff = [f"{k}={getattr(self.cfg, k)!r} (run: {stored[k]!r})" for k in RESUME_FIXED
                 if k in stored and stored[k] != getattr(self.cfg, k)]
         have = asdict(saved.config)
-        diff += [f"{k}={v!r} (run: {have[k]!r})" for k, v in self.cfg.ghn.items() if k in have and have[k] != v]
+        changed = {k: v for k, v in self.cfg.ghn.items() if k in have and have[k] != v}
+        self._switch = {k: v for k, v in changed.items() if k in RESUME_SWITCHABLE}
+        diff += [f"{k}={v!r} (run: {have[k]!r})" for k, v in changed.items() if k not in RESUME_SWITCHABLE]
         if diff:
             raise ValueError(f"--resume {rdir}: {', '.join(diff)} differ from the run's settings; drop these "
                              "flags (the checkpoint's are used) or start a new run in another --out-dir")
+        for k, v in self._switch.items():
+            print(f"note: {k} {have[k]!r} -> {v!r} from this checkpoint on (the run continues: weights, optimizer, "
+                  "schedule and data order)", file=sys.stderr)
         if stored.get("steps") not in (None, self.cfg.steps):
             print(f"note: --steps {self.cfg.steps} (run: {stored['steps']}): the cosine schedule is stretched "
                   "to the new length from here on", file=sys.stderr)
@@ -413,7 +422,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
         if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
-            ghn = GraphHyperNetwork(self._saved.config)
+            ghn = GraphHyperNetwork(replace(self._saved.config, **self._switch))
             ghn.extra = {"trained_ops": self._saved.extra.get("trained_ops") or []}
         elif cfg.init_from:
             ghn = _init_from(cfg.init_from, cfg.ghn)
@@ -508,7 +517,8 @@ class Trainer:
         extra = {"objective": float(means[3])} if cfg.feat_rank > 0 else {}
         return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]), "feat_pr": float(means[2]), **extra,
                 "lr": float(self.sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": st.skipped_nan,
-                "capped_archs": st.capped_archs, "nonfinite_archs": st.nonfinite_archs}
+                "capped_archs": st.capped_archs, "nonfinite_archs": st.nonfinite_archs,
+                **({"max_dir_ratio": kappa} if (kappa := self.inner.config.max_dir_ratio) else {})}
 
     def log(self, record: Dict[str, Any]) -> None:
         """Append every ``log_every``-th record (with throughput) to log.jsonl and update the progress bar."""

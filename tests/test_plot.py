@@ -8,6 +8,11 @@ from ghn.plot import cpu_hours, main, read_log
 pytest.importorskip("matplotlib")  # the optional `plot` extra (installed by CI through `.[test]`)
 
 
+def _write_log(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
 def test_plots_from_a_tiny_log_and_results(tmp_path):
     log = tmp_path / "log.jsonl"
     recs = [{"step": s, "loss": 2.3 - 0.01 * s, "acc": 0.1 + 0.002 * s, "archs_per_step": 4, "archs_per_s": 2.0}
@@ -47,3 +52,16 @@ def test_scatter_keeps_one_colour_per_family_across_panels(tmp_path, monkeypatch
                                   if c.get_label() == fam)
     assert colour(no_train, "vit/ln") == colour(tuned, "vit/ln") != colour(no_train, "cnn/bn")
     assert tuned.get_title().endswith("on 1/1")  # 0.3 points behind counts as no harm
+
+
+def test_curve_marks_where_a_resume_switched_the_direction_cap(tmp_path, monkeypatch):
+    import ghn.plot as gp
+
+    recs = [{"step": s, "loss": 2.0, "acc": 0.2, "archs_per_step": 4, "archs_per_s": 2.0,
+             **({"max_dir_ratio": 0.25} if s > 50 else {})} for s in range(10, 110, 10)]
+    figs = []
+    monkeypatch.setattr(gp, "_save", lambda fig, out: figs.append(fig) or out)
+    gp.plot_curve(_write_log(tmp_path / "log.jsonl", recs), str(tmp_path / "c.png"))
+    marks = [ln.get_xdata()[0] for a in figs[0].axes for ln in a.get_lines() if ln.get_linestyle() == ":"]
+    assert len(marks) == 4 and marks[0] == marks[2] == 50  # the last uncapped step, on every panel (step, hours)
+    assert any("0 -> 0.25" in t.get_text() for a in figs[0].axes for t in a.texts)

@@ -271,6 +271,28 @@ def test_a_run_started_with_init_from_resumes(tmp_path):
     assert losses(again.out_dir) == losses(run.out_dir)[2:]
 
 
+def test_a_resume_may_switch_on_the_direction_cap_and_nothing_else(tmp_path):
+    from ghn.training import resume_config
+
+    run = cfg(tmp_path, "run", steps=4, ckpt_every=2)
+    train(run, data=ProtoData(), archs=ToyArchs())
+    ck = os.path.join(run.out_dir, "ckpt-0000002")
+    with pytest.raises(ValueError, match="rank=4"):  # the hypernetwork's shape cannot change under a run
+        train(resume_config(ck, out_dir=str(tmp_path / "bad"), ghn={**SMALL, "rank": 4}), data=ProtoData(),
+              archs=ToyArchs())
+    capped = resume_config(ck, out_dir=str(tmp_path / "capped"), steps=6, ckpt_every=2,
+                           ghn={**SMALL, "max_dir_ratio": 0.05})
+    train(capped, data=ProtoData(), archs=ToyArchs())
+    recs = [json.loads(line) for line in open(os.path.join(capped.out_dir, "log.jsonl"))]
+    assert [r["max_dir_ratio"] for r in recs] == [0.05] * 4  # the log says where the cap was on
+    assert [r["loss"] for r in recs[:2]] != losses(run.out_dir)[2:]  # it binds on these small layers
+    assert GraphHyperNetwork.load(os.path.join(capped.out_dir, "ghn.safetensors")).config.max_dir_ratio == 0.05
+    later = resume_config(os.path.join(capped.out_dir, "ckpt-0000004"), out_dir=str(tmp_path / "later"), steps=6,
+                          ghn=SMALL)
+    train(later, data=ProtoData(), archs=ToyArchs())
+    assert losses(later.out_dir) == losses(capped.out_dir)[2:]  # a switched run resumes exactly, cap kept
+
+
 def test_settings_missing_from_an_old_run_resume_as_they_were(tmp_path):
     from ghn.training import resume_config
 
