@@ -6,7 +6,8 @@
     python train.py --init-from ghn/pretrained/ghn-fmnist.safetensors --dataset cifar10 --data-root ~/cifar
 
 A resumed run takes its settings and hypernetwork config from the checkpoint; flags given again must agree with
-them (``--steps``, ``--max-minutes``, ``--workers``, logging and checkpoint intervals may change).
+them (``--steps``, ``--max-minutes``, ``--workers``, logging and checkpoint intervals may change, and
+``--max-dir-ratio``, a decoding cap with no weights of its own, may be switched on: the log records it).
 """
 from __future__ import annotations
 
