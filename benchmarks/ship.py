@@ -3,7 +3,8 @@
 
 Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its metadata: how it was chosen, the
 training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint or in the run dir above a
-``ckpt-STEP/``, up to the checkpoint's step: the logged archs/s of every interval times its cores), the machine, the
+``ckpt-STEP/``, up to the checkpoint's step: the logged archs/s of every interval times its cores; a run started
+``--init-from RUN/ckpt-STEP/`` adds RUN's steps and hours up to STEP), the machine, the
 command that trained it and the validation figures of ``--result`` (a ``benchmarks/proxy.py`` results file).
 Decoding settings that keep the tensors (e.g. ``--default-scale-under-norm``) are applied as they were in that
 evaluation (``proxy.py --eval-only`` with the same flags). A checkpoint written before train.py recorded the op
@@ -41,10 +42,40 @@ def scan_trained_ops(extra: dict, n: int) -> list:
     return sorted(ops)
 
 
-def main(argv=None) -> int:
-    from ghn.hypernet import GraphHyperNetwork, add_config_arguments, pop_config_overrides
+def run_hours(ckpt: str, step, cores: int) -> dict:
+    """Steps and CPU-/wall-hours of the run that wrote ``ckpt``, from its ``log.jsonl`` (next to the checkpoint or
+    in the run dir above a ``ckpt-STEP/``) up to ``step``: the logged archs/s of every interval times its cores."""
     from ghn.plot import cpu_hours, read_log
 
+    # the run's log: next to the checkpoint (a run's final one) or in the run dir above it (run/ckpt-STEP/)
+    log = next((d / "log.jsonl" for d in (Path(ckpt).parent, Path(ckpt).parent.parent)
+                if (d / "log.jsonl").is_file()), None)
+    if log is None:
+        sys.exit(f"error: no log.jsonl next to {ckpt} or in its run dir: the training log gives the CPU-hours")
+    recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
+    if not recs:
+        sys.exit(f"error: {log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
+    wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
+    return {"run": str(log.parent), "steps": recs[-1]["step"], "cpu_hours": round(cpu_hours(recs, procs=cores)[-1], 2),
+            "wall_hours": round(wall, 2)}
+
+
+def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
+    """The runs behind a checkpoint, oldest first: a run started with ``--init-from RUN/ckpt-STEP/...`` also counts
+    that run's steps and hours up to STEP (its own checkpoint may have been rotated out; its log is enough)."""
+    out = [run_hours(ckpt, extra.get("step"), cores)]
+    parent = (extra.get("train_config") or {}).get("init_from")  # one level: the campaign's own start is documented
+    if parent:
+        name = Path(parent).parent.name
+        if name.startswith("ckpt-") and (Path(parent).parent.parent / "log.jsonl").is_file():
+            out.insert(0, run_hours(parent, int(name[5:]), cores))
+        else:
+            print(f"note: the hours before --init-from {parent} are not counted (no run log found for it)")
+    return out
+
+
+def main(argv=None) -> int:
+    from ghn.hypernet import GraphHyperNetwork, add_config_arguments, pop_config_overrides
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--result", required=True, help="the proxy.py results file of that checkpoint")
@@ -61,32 +92,26 @@ def main(argv=None) -> int:
     if over:
         ghn = ghn.with_config(**over)
     res = json.loads(Path(a.result).read_text())
-    # the run's log: next to the checkpoint (a run's final one) or in the run dir above it (run/ckpt-STEP/)
-    log = next((d / "log.jsonl" for d in (Path(a.ckpt).parent, Path(a.ckpt).parent.parent)
-                if (d / "log.jsonl").is_file()), None)
-    if log is None:
-        sys.exit(f"error: no log.jsonl next to {a.ckpt} or in its run dir: the training log gives the CPU-hours")
-    step = ghn.extra.get("step")
-    recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
-    if not recs:
-        sys.exit(f"error: {log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
-    cpu = cpu_hours(recs, procs=a.cores)[-1]  # each record's logged cores; --cores for records without them
-    wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
+    lineage = training_lineage(a.ckpt, ghn.extra, a.cores)
+    cpu, wall = sum(r["cpu_hours"] for r in lineage), sum(r["wall_hours"] for r in lineage)
     r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731
     val = {"archs": res["n"], "no_training_top1_pred": r3(res["acc_pred"]),
            "no_training_top1_default": r3(res["acc_default"]), "ft_steps": res["args"]["ft_steps"],
            "ft_n": res["ft_n"], "ft_top1_pred": r3(res["ft_pred"]), "ft_top1_default": r3(res["ft_default"]),
            "ft_no_harm": r3(res["ft_no_harm"]), "rank_ratio": r3(res["rank_ratio"]),
            "top_energy": r3(res["top_energy"]), "role_cos": r3(res["role_cos"])}
-    extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(cpu, 2),
-             "wall_hours": round(wall, 2), "machine": f"{a.cores}-core CPU, no GPU", "val": val,
+    extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(cpu, 2), "wall_hours": round(wall, 2),
+             "total_steps": sum(r["steps"] for r in lineage), "lineage": lineage,
+             "machine": f"{a.cores}-core CPU, no GPU", "val": val,
              "command": res.get("command")}
     if extra.get("trained_ops") is None:
         extra["trained_ops"] = scan_trained_ops(extra, a.scan)
         print(f"trained op types (scan of {a.scan} architectures of the pool): {', '.join(extra['trained_ops'])}")
     extra.pop("archs", None)  # a path on the training machine
     ghn.save(a.out, extra=extra)
-    print(f"shipped {a.ckpt} -> {a.out} (step {extra.get('step')}, {extra['cpu_hours']} CPU-hours; val "
+    runs = " + ".join(f"{r['steps']} steps of {r['run']}" for r in lineage)
+    print(f"shipped {a.ckpt} -> {a.out} ({runs}; "
+          f"{extra['cpu_hours']} CPU-hours; val "
           f"{val['no_training_top1_pred']} vs {val['no_training_top1_default']} no training, no-harm "
           f"{val['ft_no_harm']} of {val['ft_n']})")
     return 0

@@ -72,6 +72,17 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
         g = GraphHyperNetwork.load(out)
         assert math.isclose(g.extra["wall_hours"], 2.0) and math.isclose(g.extra["cpu_hours"], 3.0)
         assert "conv" in g.extra["trained_ops"] and g.extra["step"] == 2
+    # a run started --init-from the run's ckpt-0000002 (since rotated out: the log is enough) counts its hours too
+    parent = run / "ckpt-0000002" / "ghn.safetensors"
+    child = tmp_path / "child"
+    train(TrainConfig(out_dir=str(child), steps=1, meta_batch=2, batch_size=16, log_every=1, progress=False,
+                      cpu=True, init_from=str(parent)), data=ProtoData(), archs=ToyArchs())
+    (child / "log.jsonl").write_text(json.dumps({**rec, "step": 1, "cores": 2}) + "\n")
+    assert ship.main(["--ckpt", str(child / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out",
+                      str(out), "--cores", "2"]) == 0
+    g = GraphHyperNetwork.load(out)
+    assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0)]
+    assert g.extra["total_steps"] == 3 and math.isclose(g.extra["cpu_hours"], 5.0)
     (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
     with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
