@@ -56,8 +56,8 @@ def run_hours(ckpt: str, step, cores: int) -> dict:
     if not recs:
         sys.exit(f"error: {log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
     wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
-    return {"run": str(log.parent), "steps": recs[-1]["step"], "cpu_hours": round(cpu_hours(recs, procs=cores)[-1], 2),
-            "wall_hours": round(wall, 2)}
+    return {"run": str(log.parent), "steps": recs[-1]["step"] if step is None else step,
+            "cpu_hours": round(cpu_hours(recs, procs=cores)[-1], 2), "wall_hours": round(wall, 2)}
 
 
 def training_lineage(ckpt: str, extra: dict, cores: int) -> list:

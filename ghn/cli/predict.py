@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-dir-ratio", type=float, default=None, metavar="KAPPA",
                    help="cap each predicted direction at KAPPA times the energy of the other directions of its "
                         "matrix (e.g. 0.25): less signal with no training, closer to default init when fine-tuning "
-                        "wide models (docs/DESIGN.md, 'Per-direction cap'); default: the checkpoint's")
+                        "wide models (docs/DESIGN.md, 'Per-direction cap'); 0: no cap; default: the checkpoint's")
     a = p.parse_args(argv)
     for flag in ("num_classes", "in_channels", "image_size", "batch_size"):
         v = getattr(a, flag)
