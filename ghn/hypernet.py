@@ -230,9 +230,8 @@ class GraphHyperNetwork(nn.Module):
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
         node_idx, refs, owner, fed = [], [], [], []
-        want_fed = self.config.default_scale_under_norm or self.config.equal_rows == "norm_fed"
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed = g.norm_fed() if want_fed else ()  # a walk over the edges
+            norm_fed = self.norm_fed_nodes(g)
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
@@ -246,6 +245,12 @@ class GraphHyperNetwork(nn.Module):
             for alias in ref.aliases:
                 out[gi][alias] = t
         return out
+
+    def norm_fed_nodes(self, graph: ArchGraph):
+        """Nodes of ``graph`` whose output feeds normalisations only, where the decoder uses them
+        (``default_scale_under_norm``, ``equal_rows="norm_fed"``); else empty (it is a walk over the edges)."""
+        want = self.config.default_scale_under_norm or self.config.equal_rows == "norm_fed"
+        return graph.norm_fed() if want else frozenset()
 
     def predict_params(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
                        strict: bool = True) -> Dict[str, Tensor]:

@@ -58,6 +58,7 @@ def materialize(hyper, model: nn.Module, example_input: Any = None, device: Unio
         owners = _owners(model)
         report = InitReport(type(model).__name__)
         groups = _groups(graph.param_refs(), budget)
+        fed = hyper.norm_fed_nodes(graph)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -65,7 +66,9 @@ def materialize(hyper, model: nn.Module, example_input: Any = None, device: Unio
             bar = tqdm(total=len(groups), desc="materialize", unit="group", dynamic_ncols=True)
         for group in groups:
             idx = torch.tensor([ni for ni, _ in group], dtype=torch.long, device=h.device)
-            for (_, ref), t in zip(group, hyper.decoder(h[idx], [r for _, r in group])):
+            # the same decoder inputs as GraphHyperNetwork.decode: trusted op types and norm-fed nodes
+            ts = hyper.decoder(h[idx], [r for _, r in group], hyper.trained_ops, [ni in fed for ni, _ in group])
+            for (_, ref), t in zip(group, ts):
                 if not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(f"{ref.name}: the hypernetwork predicted non-finite values; the model is "
                                          "partly materialised and must not be used")

@@ -71,7 +71,7 @@ def test_zoo_batched_equals_single(ckpt):
     assert sb.failed == {} and ss.failed == {} and set(batched) == set(single) == {"m0", "m1", "m2"}
     for name in batched:
         a, b = batched[name].state_dict(), single[name].state_dict()
-        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # float summation order only (values ~1)
 
 
 def test_get_model_spec_json_and_missing_file(tmp_path):

@@ -194,9 +194,13 @@ def test_recurrent(hyper, cls):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
-def test_meta_model_is_materialised_group_by_group(hyper):
+@pytest.mark.parametrize("which", ["fresh", "shipped"])  # shipped: trusted op types and norm-fed scales matter
+def test_meta_model_is_materialised_group_by_group(hyper, which):
+    from ghn.hypernet import load_pretrained
     from ghn.predefined import gpt_tiny
     from ghn.streaming import materialize
+
+    hyper = hyper if which == "fresh" else load_pretrained()
 
     torch.manual_seed(0)
     real = gpt_tiny()
@@ -207,6 +211,6 @@ def test_meta_model_is_materialised_group_by_group(hyper):
     rep = materialize(hyper, meta, idx.to("meta"), budget=5000)  # many small groups
     assert rep.num_predicted_values == sum(p.numel() for p in real.parameters())
     for name, p in meta.named_parameters():
-        assert p.device.type == "cpu" and torch.allclose(p, expected[name], atol=1e-6), name
+        assert p.device.type == "cpu" and torch.allclose(p, expected[name], atol=1e-5), name  # summation order
     assert meta.lm_head.weight is meta.tok_emb.weight  # tied stays tied
     assert all(v == "buffer: still on the meta device" for v in rep.untouched.values())
