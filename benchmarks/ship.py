@@ -5,7 +5,8 @@ Copies ``--ckpt`` to ``ghn/pretrained/ghn-fmnist.safetensors`` and adds to its m
 training steps, CPU- and wall-hours (from the run's ``log.jsonl`` next to the checkpoint or in the run dir above a
 ``ckpt-STEP/``, up to the checkpoint's step: the logged archs/s of every interval times its cores; a run started
 ``--init-from RUN/ckpt-STEP/`` adds RUN's steps and hours up to STEP), the machine, the
-command that trained it and the validation figures of ``--result`` (a ``benchmarks/proxy.py`` results file).
+command that trained it, the validation figures of ``--result`` (a ``benchmarks/proxy.py`` results file) and the
+summaries of ``--eval`` (``benchmarks/eval.py`` results files of the same checkpoint: test split, built-in models).
 Decoding settings that keep the tensors (e.g. ``--default-scale-under-norm``) are applied as they were in that
 evaluation (``proxy.py --eval-only`` with the same flags). A checkpoint written before train.py recorded the op
 types it trained on (``trained_ops``) gets them from a scan of ``--scan`` architectures spread over its training
@@ -74,6 +75,24 @@ def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
     return out
 
 
+def eval_figures(path: str, step) -> tuple:
+    """``(key, figures)`` of a ``benchmarks/eval.py`` results file of the same checkpoint: its summary's numbers,
+    with means by size band and family (and by model for the built-in ones), keyed by split(s) and budget."""
+    res = json.loads(Path(path).read_text())
+    got = (res.get("ckpt_extra") or {}).get("step")
+    if got != step:
+        sys.exit(f"error: {path} evaluated the checkpoint of step {got}, not this one (step {step})")
+    r4 = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
+    s, args = res["summary"], res["args"]
+    budget = [f"{e}ep" for e in args.get("epochs") or []] + [f"{n}steps" for n in args.get("steps") or []]
+    key = "+".join(args["split"]) + ("_" + "_".join(budget) if budget else "_no_training")
+    figs = {k: r4(v) for k, v in s.items() if not isinstance(v, dict)}
+    figs.update({g: {k: {m: r4(x) for m, x in v.items()} for k, v in s[g].items()}
+                 for g in ("by_size", "by_family", "by_kind") if g in s and len(s[g]) > 1})
+    figs.update(test_images=args.get("test_n"), command=res.get("command"), date=res.get("date"))
+    return key, figs
+
+
 def main(argv=None) -> int:
     from ghn.hypernet import GraphHyperNetwork, add_config_arguments, pop_config_overrides
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--chosen-by", default="benchmarks/proxy.py, criterion declared in docs/BENCHMARKS.md")
     p.add_argument("--scan", type=int, default=2000,
                    help="architectures scanned for the trained op types when the checkpoint lacks them")
+    p.add_argument("--eval", nargs="*", default=[], metavar="FILE",
+                   help="benchmarks/eval.py results files of this checkpoint (test split, built-in models): their "
+                   "summaries go in the metadata under `eval`")
     p.add_argument("--out", default=str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))
     add_config_arguments(p)
     a = p.parse_args(argv)
@@ -104,6 +126,8 @@ def main(argv=None) -> int:
              "total_steps": sum(r["steps"] for r in lineage), "lineage": lineage,
              "machine": f"{a.cores}-core CPU, no GPU", "val": val,
              "command": res.get("command")}
+    if a.eval:
+        extra["eval"] = dict(eval_figures(f, ghn.extra.get("step")) for f in a.eval)
     if extra.get("trained_ops") is None:
         extra["trained_ops"] = scan_trained_ops(extra, a.scan)
         print(f"trained op types (scan of {a.scan} architectures of the pool): {', '.join(extra['trained_ops'])}")

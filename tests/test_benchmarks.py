@@ -60,7 +60,20 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
                       "--default-scale-under-norm"]) == 0
     g = GraphHyperNetwork.load(out)
     assert g.config.default_scale_under_norm  # the decoding setting the result was measured with
-    assert g.extra["val"]["ft_no_harm"] == 0.875 and "archs" not in g.extra
+    assert g.extra["val"]["ft_no_harm"] == 0.875 and "archs" not in g.extra and "eval" not in g.extra
+    # eval.py summaries of the same checkpoint go in the metadata, keyed by split and budget; another step's do not
+    ev = {"ckpt_extra": {"step": 2}, "args": {"split": ["test"], "epochs": [], "steps": [100], "test_n": 1000},
+          "summary": {"n_archs": 2, "acc_pred_mean": 0.31234, "by_size": {"<=500k": {"n": 1, "acc_pred_mean": 0.3},
+                                                                          ">1M": {"n": 1, "acc_pred_mean": 0.32}}}}
+    (tmp_path / "e.json").write_text(json.dumps(ev))
+    assert ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out),
+                      "--eval", str(tmp_path / "e.json")]) == 0
+    e = GraphHyperNetwork.load(out).extra["eval"]["test_100steps"]
+    assert e["acc_pred_mean"] == 0.3123 and e["by_size"][">1M"]["acc_pred_mean"] == 0.32 and e["test_images"] == 1000
+    (tmp_path / "e.json").write_text(json.dumps({**ev, "ckpt_extra": {"step": 7}}))
+    with pytest.raises(SystemExit, match="step 7, not this one"):
+        ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out),
+                   "--eval", str(tmp_path / "e.json")])
     # hours from the log: an hour at the logged 1 core, then an hour of records without `cores` (--cores 2 counts),
     # then an hour after the checkpoint's step 2 that does not count; a run/ckpt-STEP/ finds the run's log
     rec = {"archs_per_step": 2, "archs_per_s": 2 / 3600, "loss": 2.0, "acc": 0.1}
