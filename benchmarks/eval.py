@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import statistics
 import time
@@ -137,12 +136,12 @@ def _eval_arch(item) -> dict:
 
 def _row_settings(a) -> dict:
     """Everything a row's numbers depend on: rows of a stopped run are reused only when all of it matches."""
-    from ghn.hypernet import DEFAULT_CHECKPOINT
+    from ghn.hypernet import DEFAULT_CHECKPOINT, checkpoint_fingerprint
 
     ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
     if not ckpt.is_file():
         raise SystemExit(f"error: no hypernetwork checkpoint at {ckpt}")
-    return {"ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "ghn_over": a.ghn_over,
+    return {"ghn_fingerprint": checkpoint_fingerprint(ckpt), "ghn_over": a.ghn_over,
             "dataset": a.dataset, "data_root": a.data_root, "test_n": a.test_n, "calib_batches": a.calib_batches,
             "epochs": a.epochs, "steps": a.steps, "lr": a.lr, "seed": a.seed, "channels_last": a.channels_last,
             "speedup_at": a.speedup_at if a.speedup else None, "device": str(a.device),

@@ -354,6 +354,20 @@ class GraphHyperNetwork(nn.Module):
         return model.to(map_location)
 
 
+def checkpoint_fingerprint(path: PathLike) -> str:
+    """SHA-256 of what a checkpoint's predictions depend on: tensor data, config and op vocabulary. Unlike the
+    file's bytes, it ignores the ``extra`` metadata, so adding evaluation figures to a shipped file keeps it."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        digest = meta.get("sha256") or tensors_digest({k: f.get_tensor(k) for k in f.keys()})
+    key = "|".join([digest, meta.get("config", ""), meta.get("op_types", ""), meta.get("format_version", "")])
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def tensors_digest(state: Dict[str, Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of ``state`` (sorted by name)."""
     import hashlib

@@ -8,7 +8,7 @@ from models import TinyCNN, TinyGPT, TinyViT
 
 from ghn.decoder import DecoderShapeError, LowRankDecoder
 from ghn.graph import ArchGraph, ParamRef
-from ghn.hypernet import CheckpointError, GHNConfig, GraphHyperNetwork, initialize
+from ghn.hypernet import CheckpointError, GHNConfig, GraphHyperNetwork, checkpoint_fingerprint, initialize
 
 SMALL = dict(hidden=32, layers=2, rank=8, code_dim=32)
 
@@ -140,6 +140,21 @@ def test_checkpoint_round_trip_exact(tmp_path):
     model, x = models()[1]
     a, b = ghn.eval().predict_params(model, x), loaded.eval().predict_params(model, x)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fingerprint_follows_the_weights_and_config_not_the_extra_metadata(tmp_path):
+    ghn = make_ghn(seed=5)
+    ghn.save(tmp_path / "a.safetensors", extra={"eval": {"acc": 0.3}})
+    ghn.save(tmp_path / "b.safetensors", extra={})
+    fp = checkpoint_fingerprint(tmp_path / "a.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() != (tmp_path / "b.safetensors").read_bytes()
+    assert fp == checkpoint_fingerprint(tmp_path / "b.safetensors")
+    with torch.no_grad():
+        next(ghn.parameters()).view(-1)[0] += 1e-3
+    ghn.save(tmp_path / "c.safetensors")
+    assert checkpoint_fingerprint(tmp_path / "c.safetensors") != fp
+    make_ghn(seed=5, noise_share=0.25).save(tmp_path / "d.safetensors")  # same tensors, other config
+    assert checkpoint_fingerprint(tmp_path / "d.safetensors") != fp
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
