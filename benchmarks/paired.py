@@ -65,11 +65,15 @@ def main(argv=None) -> int:
     (hc, nc), (hs, ns) = no_harm_count(cand), no_harm_count(ship)
     out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
     acc = out["acc_pred"]
-    if acc is None or nc == 0 or ns == 0:
-        raise SystemExit("cannot apply the rule: no common no-training rows, or no fine-tuning rows on one side")
-    out["ships"] = bool(hc / nc >= hs / ns and acc["diff"] >= -acc["se"])
-    print(f"do-no-harm candidate {hc}/{nc}, shipped {hs}/{ns}; "
-          f"{'SHIPS' if out['ships'] else 'does not ship'} under the declared rule")
+    if acc is None:
+        raise SystemExit("error: no architecture has a no-training result in both files")
+    if nc == 0 or ns == 0:  # a no-training comparison of two designs: the paired numbers, no verdict
+        out["ships"] = None
+        print("no fine-tuning rows on one side: the shipping rule is not applied")
+    else:
+        out["ships"] = bool(hc / nc >= hs / ns and acc["diff"] >= -acc["se"])
+        print(f"do-no-harm candidate {hc}/{nc}, shipped {hs}/{ns}; "
+              f"{'SHIPS' if out['ships'] else 'does not ship'} under the declared rule")
     if a.out:
         write_results(a.out, out)
     return 0

@@ -185,6 +185,11 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     paired.main([more_harm, ship, "--out", str(tmp_path / "o.json")])
     assert not json.loads((tmp_path / "o.json").read_text())["ships"]
     assert "does not ship" in capsys.readouterr().out
+    no_ft = result("d.json", [0.35, 0.35, 0.35, 0.35], [])  # a no-training design comparison: numbers, no verdict
+    assert paired.main([no_ft, ship, "--out", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["ships"] is None and abs(out["acc_pred"]["diff"] - 0.05) < 1e-12
+    assert "rule is not applied" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="rows"):
         paired.main([str(tmp_path / "bad.json"), ship])
