@@ -355,8 +355,9 @@ class GraphHyperNetwork(nn.Module):
 
 
 def checkpoint_fingerprint(path: PathLike) -> str:
-    """SHA-256 of what a checkpoint's predictions depend on: tensor data, config and op vocabulary. Unlike the
-    file's bytes, it ignores the ``extra`` metadata, so adding evaluation figures to a shipped file keeps it."""
+    """SHA-256 of what a checkpoint's predictions depend on: tensor data, config, op vocabulary and the op types it
+    was trained on (they pick the scale of untrained ops). Unlike the file's bytes, it ignores the rest of the
+    ``extra`` metadata, so adding evaluation figures to a shipped file keeps it."""
     import hashlib
 
     from safetensors import safe_open
@@ -364,7 +365,9 @@ def checkpoint_fingerprint(path: PathLike) -> str:
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
         digest = meta.get("sha256") or tensors_digest({k: f.get_tensor(k) for k in f.keys()})
-    key = "|".join([digest, meta.get("config", ""), meta.get("op_types", ""), meta.get("format_version", "")])
+    trained = json.loads(meta.get("extra", "{}")).get("trained_ops")
+    key = "|".join([digest, meta.get("config", ""), meta.get("op_types", ""), meta.get("format_version", ""),
+                    json.dumps(sorted(trained) if trained is not None else None)])
     return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -155,6 +155,9 @@ def test_fingerprint_follows_the_weights_and_config_not_the_extra_metadata(tmp_p
     assert checkpoint_fingerprint(tmp_path / "c.safetensors") != fp
     make_ghn(seed=5, noise_share=0.25).save(tmp_path / "d.safetensors")  # same tensors, other config
     assert checkpoint_fingerprint(tmp_path / "d.safetensors") != fp
+    ghn = make_ghn(seed=5)
+    ghn.save(tmp_path / "e.safetensors", extra={"trained_ops": ["conv"]})  # untrained ops decode differently
+    assert checkpoint_fingerprint(tmp_path / "e.safetensors") != fp
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
