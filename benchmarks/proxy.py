@@ -147,7 +147,13 @@ def _reused_ft(a, ckpt: Path) -> dict:
     old = json.loads(Path(a.ft_from).read_text())
     same = ("ft_steps", "ft_seeds", "test_n", "calib_batches", "max_arch_params")
     diff = [k for k in same if old["args"].get(k, 1 if k == "ft_seeds" else None) != getattr(a, k)]
-    if Path(old["args"].get("ckpt") or "").resolve() != Path(ckpt).resolve() or old.get("ghn") != a.ghn_over:
+    if "ghn_fingerprint" in old:  # the same weights and config, wherever the file is now
+        from ghn.hypernet import checkpoint_fingerprint
+
+        same_ckpt = old["ghn_fingerprint"] == checkpoint_fingerprint(ckpt)
+    else:  # results written before the fingerprint: the same path
+        same_ckpt = Path(old["args"].get("ckpt") or "").resolve() == Path(ckpt).resolve()
+    if not same_ckpt or old.get("ghn") != a.ghn_over:
         diff.append("ckpt/decoding")
     if diff:
         sys.exit(f"error: --ft-from {a.ft_from}: {', '.join(diff)} differ from this evaluation's")
@@ -202,7 +208,10 @@ def main(argv=None) -> int:
                                         else train_design(a, ghn_over))
     t_train = time.perf_counter() - t0
     res = eval_design(a, ckpt)
-    doc = {"name": a.name, "args": vars(a), "ghn": ghn_over, "train_seconds": t_train,
+    from ghn.hypernet import checkpoint_fingerprint
+
+    doc = {"name": a.name, "args": vars(a), "ghn": ghn_over, "ghn_fingerprint": checkpoint_fingerprint(ckpt),
+           "train_seconds": t_train,
            "eval_seconds": time.perf_counter() - t0 - t_train, **res}
     out = Path(a.out or ROOT / "benchmarks" / "results" / "proxy" / f"{a.name}.json")
     write_results(out, doc)

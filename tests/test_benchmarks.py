@@ -123,6 +123,16 @@ def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settin
             proxy._reused_ft(argparse.Namespace(**{**vars(a), **change}), ckpt)
     with pytest.raises(SystemExit, match="ckpt"):
         proxy._reused_ft(a, tmp_path / "other.safetensors")
+    # results that carry the checkpoint's fingerprint follow the weights, not the path
+    from ghn.hypernet import GraphHyperNetwork, checkpoint_fingerprint
+
+    GraphHyperNetwork(hidden=16, layers=1, rank=4, code_dim=16).save(ckpt)
+    old.write_text(json.dumps({"args": {**args, "ckpt": "elsewhere.safetensors"}, "ghn": {"equal_rows": "norm_fed"},
+                               "ghn_fingerprint": checkpoint_fingerprint(ckpt), "rows": rows}))
+    assert proxy._reused_ft(a, ckpt)[1]["ft_pred"] == 0.7
+    GraphHyperNetwork(hidden=16, layers=1, rank=4, code_dim=16).save(ckpt)  # other weights, same path
+    with pytest.raises(SystemExit, match="ckpt"):
+        proxy._reused_ft(a, ckpt)
 
 
 def test_eval_speedup_probe_leaves_the_fine_tuning_run_unchanged(monkeypatch):
