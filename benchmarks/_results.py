@@ -7,7 +7,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch
 
@@ -75,3 +75,42 @@ class DefaultInitCache:
             write_results(self.path, {"note": "default-init results (benchmarks/_results.py DefaultInitCache)",
                                       "results": {**self._load(), key: value}})
         return value
+
+
+class PartialRows:
+    """Rows of a long benchmark appended one JSON line each as they finish, after a header of the settings.
+
+    A stopped run resumes from them: ``rows()`` maps each row's ``key`` fields (a tuple) to the row. A file written
+    under other settings is refused (``fresh`` starts it over): its numbers would silently mix with the new ones.
+    """
+
+    def __init__(self, path: Union[str, Path], settings: Dict[str, Any], key: Sequence[str], fresh: bool = False):
+        self.path, self.settings, self.key = Path(path), json.loads(json.dumps(settings)), tuple(key)
+        self._rows: dict = {}
+        if self.path.is_file() and not fresh:
+            text = [x for x in self.path.read_text().splitlines() if x.strip()]
+            try:
+                json.loads(text[-1]) if text else None
+            except json.JSONDecodeError:  # a process killed mid-append: that row is computed again
+                text = text[:-1]
+                self.path.write_text("".join(x + "\n" for x in text))
+            lines = [json.loads(x) for x in text]
+            if not lines or lines[0].get("settings") != self.settings:
+                raise SystemExit(f"error: {self.path} holds rows of an evaluation with other settings; "
+                                 "pass --fresh to start over, or another --out")
+            self._rows = {self._key(r): r for r in lines[1:]}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
+
+    def _key(self, row: Dict[str, Any]) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def rows(self) -> dict:
+        return dict(self._rows)
+
+    def add(self, row: dict) -> dict:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._rows[self._key(row)] = row
+        return row

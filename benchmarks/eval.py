@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import DefaultInitCache, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, PartialRows, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.plot import no_harm
 
@@ -148,38 +148,6 @@ def _row_settings(a) -> dict:
             "threads": max(1, torch.get_num_threads() // max(1, a.procs)), "torch": torch.__version__}
 
 
-class PartialRows:
-    """Rows of an evaluation appended one JSON line each as they finish, after a header of the settings."""
-
-    def __init__(self, path: Path, settings: dict, fresh: bool = False):
-        self.path, self.settings = Path(path), json.loads(json.dumps(settings))
-        self._rows: dict = {}
-        if self.path.is_file() and not fresh:
-            text = [x for x in self.path.read_text().splitlines() if x.strip()]
-            try:
-                json.loads(text[-1]) if text else None
-            except json.JSONDecodeError:  # a process killed mid-append: that architecture is evaluated again
-                text = text[:-1]
-                self.path.write_text("".join(x + "\n" for x in text))
-            lines = [json.loads(x) for x in text]
-            if not lines or lines[0].get("settings") != self.settings:
-                raise SystemExit(f"error: {self.path} holds rows of an evaluation with other settings; "
-                                 "pass --fresh to start over, or another --out")
-            self._rows = {(r["split"], r["index"]): r for r in lines[1:]}
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": self.settings}) + "\n")
-
-    def rows(self) -> dict:
-        return dict(self._rows)
-
-    def add(self, row: dict) -> dict:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        self._rows[(row["split"], row["index"])] = row
-        return row
-
-
 def main(argv=None) -> int:
     from ghn.hypernet import add_config_arguments, pop_config_overrides
 
@@ -237,7 +205,8 @@ def main(argv=None) -> int:
         idx = idx[:a.n] if a.indices is None else list(a.indices)
         todo += [(sp, i) for i in idx]
     out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
-    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), fresh=a.fresh)
+    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), ("split", "index"),
+                          fresh=a.fresh)
     done = partial.rows()
     left = [t for t in todo if t not in done]
     if done:

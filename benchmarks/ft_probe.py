@@ -18,6 +18,9 @@ A suffix ``@reset=KIND`` (``conv``, ``norm`` or ``head``; repeatable) puts those
 init: which part of a predicted model makes fine-tuning worse. ``--split predefined`` probes the built-in models
 (index 0 is resnet18).
 
+Every finished (architecture, variant) row is appended to ``<out>.partial.jsonl`` at once: a probe stopped midway (a
+session's end; one row is a few minutes) resumes from it when run again with the same settings.
+
     python benchmarks/ft_probe.py --indices 1 3 --variants default pred noise_share=0.5
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import PartialRows, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.training import classifier_layer
 
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
     from ghn.datasets import get_dataset
     from ghn.evaluation import batches as data_batches
     from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
-    from ghn.hypernet import load_pretrained
+    from ghn.hypernet import DEFAULT_CHECKPOINT, checkpoint_fingerprint, load_pretrained
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="hypernetwork; default: the shipped one")
@@ -109,8 +112,20 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning data orders per variant; `ft` is their mean")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ft_probe.json"))
+    p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the rows of a stopped probe")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
+    if not ckpt.is_file():
+        raise SystemExit(f"error: no hypernetwork checkpoint at {ckpt}")
+    out = Path(a.out)
+    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"),
+                          {"ghn_fingerprint": checkpoint_fingerprint(ckpt), "split": a.split, "steps": a.steps,
+                           "test_n": a.test_n, "seeds": a.seeds, "threads": a.threads, "torch": torch.__version__},
+                          ("index", "variant"), fresh=a.fresh)
+    done = partial.rows()
+    if done:
+        print(f"resuming: {len(done)} rows from {partial.path}", flush=True)
     hyper = load_pretrained(a.ckpt)
     train = get_dataset("fashion-mnist", None, train=True)
     test = get_dataset("fashion-mnist", None, train=False)
@@ -124,6 +139,9 @@ def main(argv=None) -> int:
             return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
 
         for v in a.variants:
+            if (i, v) in done:
+                rows.append(done[(i, v)])
+                continue
             m = fresh()
             name, *mods = v.split("@")
             if name != "default":
@@ -145,9 +163,10 @@ def main(argv=None) -> int:
             row["ft"] = sum(fts) / len(fts)
             if a.seeds > 1:
                 row["ft_seeds"] = fts
-            rows.append(row)
+            rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
-    write_results(a.out, {"args": vars(a), "rows": rows})
+    write_results(out, {"args": vars(a), "rows": rows})
+    partial.path.unlink(missing_ok=True)  # every row is in the results now
     return 0
 
 

@@ -270,6 +270,53 @@ def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monke
     assert ev.main(argv + ["--fresh"]) == 0 and len(calls) == 6
 
 
+def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import ghn.datasets
+    import ghn.evaluation
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ft_probe", None)
+    import ft_probe
+
+    real = ghn.datasets.get_dataset
+
+    def data(name, root=None, train=True):  # tiny synthetic images instead of Fashion-MNIST (the loop is tested)
+        return real("synthetic", n=64, in_channels=1, image_size=28, train=train)
+
+    runs = []
+
+    def fake_finetune(m, *args, stop_at=None, **kw):  # the minutes of fine-tuning, replaced
+        runs.append(len(runs))
+        if len(runs) == stop_at:
+            raise KeyboardInterrupt  # a session's end
+
+    monkeypatch.setattr(ghn.datasets, "get_dataset", data)
+    monkeypatch.setattr(ghn.evaluation, "finetune", lambda *a, **kw: fake_finetune(*a, stop_at=3, **kw))
+    out = tmp_path / "p.json"
+    argv = ["--indices", "107", "172", "--variants", "default", "pred", "--test-n", "16", "--threads", "1",
+            "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        ft_probe.main(argv)
+    partial = tmp_path / "p.json.partial.jsonl"
+    rows = [json.loads(x) for x in partial.read_text().splitlines()]
+    assert not out.exists() and [(r["index"], r["variant"]) for r in rows[1:]] == [(107, "default"), (107, "pred")]
+    assert rows[0]["settings"]["ghn_fingerprint"]  # rows are reused only with the same hypernetwork
+    monkeypatch.setattr(ghn.evaluation, "finetune", fake_finetune)
+    runs.clear()
+    assert ft_probe.main(argv) == 0
+    assert len(runs) == 2  # only the second architecture's two variants ran again
+    doc = json.loads(out.read_text())
+    assert [(r["index"], r["variant"]) for r in doc["rows"]] == [(107, "default"), (107, "pred"), (172, "default"),
+                                                                  (172, "pred")]
+    assert doc["rows"][:2] == rows[1:] and not partial.exists()
+    partial.write_text(json.dumps({"settings": {"steps": 5}}) + "\n")  # a stopped probe with other settings
+    with pytest.raises(SystemExit, match="other settings"):
+        ft_probe.main(argv)
+
+
 def test_eval_refuses_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch):
     import sys
 
