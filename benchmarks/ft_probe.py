@@ -71,6 +71,25 @@ def parse_overrides(variant: str) -> dict:
     return out
 
 
+def summarize(rows: list) -> dict:
+    """Per variant, over the architectures that also have a ``default`` row: mean ``acc0``, ``ft`` and
+    ``feat_erank``, the mean paired fine-tuning gap to default init, and on how many it holds (``ft`` at least
+    default init's minus half a point: ``ghn.plot.no_harm``, the rule of eval.py)."""
+    from ghn.plot import no_harm
+
+    base = {r["index"]: r["ft"] for r in rows if r["variant"] == "default"}
+    out = {}
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v and r["index"] in base]
+        if not rs:
+            continue
+        gaps = [r["ft"] - base[r["index"]] for r in rs]
+        out[v] = {"n": len(rs), "acc0": sum(r["acc0"] for r in rs) / len(rs), "ft": sum(r["ft"] for r in rs) / len(rs),
+                  "ft_gap": sum(gaps) / len(gaps), "holds": sum(no_harm(r["ft"], base[r["index"]]) for r in rs),
+                  "feat_erank": sum(r["feat_erank"] for r in rs) / len(rs)}
+    return out
+
+
 RESETTABLE = {"conv": (nn.modules.conv._ConvNd,),
               "norm": (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)}
 
@@ -165,7 +184,11 @@ def main(argv=None) -> int:
                 row["ft_seeds"] = fts
             rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
-    write_results(out, {"args": vars(a), "rows": rows})
+    summary = summarize(rows)
+    for v, x in summary.items():
+        print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  ft {100 * x['ft']:5.1f}  "
+              f"gap {100 * x['ft_gap']:+5.1f}  holds {x['holds']}/{x['n']}  feat_erank {x['feat_erank']:5.1f}")
+    write_results(out, {"args": vars(a), "summary": summary, "rows": rows})
     partial.path.unlink(missing_ok=True)  # every row is in the results now
     return 0
 

@@ -312,6 +312,9 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
     assert [(r["index"], r["variant"]) for r in doc["rows"]] == [(107, "default"), (107, "pred"), (172, "default"),
                                                                   (172, "pred")]
     assert doc["rows"][:2] == rows[1:] and not partial.exists()
+    assert doc["summary"]["default"]["n"] == 2 and doc["summary"]["default"]["ft_gap"] == 0.0
+    assert doc["summary"]["pred"]["holds"] == sum(  # fine-tuning replaced: ft is the no-training top-1
+        r["acc0"] >= d["acc0"] - 0.005 for r, d in zip(doc["rows"][1::2], doc["rows"][::2]))
     partial.write_text(json.dumps({"settings": {"steps": 5}}) + "\n")  # a stopped probe with other settings
     with pytest.raises(SystemExit, match="other settings"):
         ft_probe.main(argv)
