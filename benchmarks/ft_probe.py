@@ -8,7 +8,8 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
   the classifier, over 512 training images; default init gives tens, a degenerate init a handful;
 - ``acc0``: top-1 with no training (BN statistics re-estimated);
 - ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data orders for every variant), the mean
-  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding).
+  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding);
+  ``--steps 0`` skips fine-tuning: a screen of many decodings in seconds per architecture.
 
 A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales every predicted matrix to the RMS of
 its default init: the predicted direction with the default scale (under a normalisation the scale sets the
@@ -77,16 +78,18 @@ def summarize(rows: list) -> dict:
     default init's minus half a point: ``ghn.plot.no_harm``, the rule of eval.py)."""
     from ghn.plot import no_harm
 
-    base = {r["index"]: r["ft"] for r in rows if r["variant"] == "default"}
+    base = {r["index"]: r.get("ft") for r in rows if r["variant"] == "default"}
     out = {}
     for v in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == v and r["index"] in base]
         if not rs:
             continue
-        gaps = [r["ft"] - base[r["index"]] for r in rs]
-        out[v] = {"n": len(rs), "acc0": sum(r["acc0"] for r in rs) / len(rs), "ft": sum(r["ft"] for r in rs) / len(rs),
-                  "ft_gap": sum(gaps) / len(gaps), "holds": sum(no_harm(r["ft"], base[r["index"]]) for r in rs),
+        out[v] = {"n": len(rs), "acc0": sum(r["acc0"] for r in rs) / len(rs),
                   "feat_erank": sum(r["feat_erank"] for r in rs) / len(rs)}
+        if all("ft" in r and base[r["index"]] is not None for r in rs):
+            gaps = [r["ft"] - base[r["index"]] for r in rs]
+            out[v].update(ft=sum(r["ft"] for r in rs) / len(rs), ft_gap=sum(gaps) / len(gaps),
+                          holds=sum(no_harm(r["ft"], base[r["index"]]) for r in rs))
     return out
 
 
@@ -174,20 +177,23 @@ def main(argv=None) -> int:
                    "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
             row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
             fts = []
-            for seed in range(a.seeds):  # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
+            # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
+            for seed in range(a.seeds if a.steps > 0 else 0):
                 m = fresh()
                 m.load_state_dict(state)
                 finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps, seed=seed)
                 fts.append(evaluate_init(m, train, test, calib_batches=5))
-            row["ft"] = sum(fts) / len(fts)
-            if a.seeds > 1:
+            if fts:
+                row["ft"] = sum(fts) / len(fts)
+            if len(fts) > 1:
                 row["ft_seeds"] = fts
             rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
     summary = summarize(rows)
     for v, x in summary.items():
-        print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  ft {100 * x['ft']:5.1f}  "
-              f"gap {100 * x['ft_gap']:+5.1f}  holds {x['holds']}/{x['n']}  feat_erank {x['feat_erank']:5.1f}")
+        ft = (f"  ft {100 * x['ft']:5.1f}  gap {100 * x['ft_gap']:+5.1f}  holds {x['holds']}/{x['n']}"
+              if "ft" in x else "")
+        print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  feat_erank {x['feat_erank']:5.1f}{ft}")
     write_results(out, {"args": vars(a), "summary": summary, "rows": rows})
     partial.path.unlink(missing_ok=True)  # every row is in the results now
     return 0

@@ -315,6 +315,11 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
     assert doc["summary"]["default"]["n"] == 2 and doc["summary"]["default"]["ft_gap"] == 0.0
     assert doc["summary"]["pred"]["holds"] == sum(  # fine-tuning replaced: ft is the no-training top-1
         r["acc0"] >= d["acc0"] - 0.005 for r, d in zip(doc["rows"][1::2], doc["rows"][::2]))
+    n_runs, out0 = len(runs), tmp_path / "screen.json"
+    assert ft_probe.main(argv + ["--steps", "0", "--out", str(out0)]) == 0  # a screen: no fine-tuning at all
+    doc0 = json.loads(out0.read_text())
+    assert len(runs) == n_runs and all("ft" not in r for r in doc0["rows"]) and "ft" not in doc0["summary"]["pred"]
+    assert [r["acc0"] for r in doc0["rows"]] == [r["acc0"] for r in doc["rows"]]
     partial.write_text(json.dumps({"settings": {"steps": 5}}) + "\n")  # a stopped probe with other settings
     with pytest.raises(SystemExit, match="other settings"):
         ft_probe.main(argv)
