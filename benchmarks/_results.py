@@ -77,6 +77,17 @@ class DefaultInitCache:
         return value
 
 
+def ghn_fingerprint(ckpt: Union[str, Path, None]) -> str:
+    """The fingerprint of hypernetwork ``ckpt`` (None: the shipped one) that resumable rows are keyed by; a missing
+    file is a one-line error."""
+    from ghn.hypernet import DEFAULT_CHECKPOINT, checkpoint_fingerprint
+
+    path = Path(ckpt) if ckpt else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise SystemExit(f"error: no hypernetwork checkpoint at {path}")
+    return checkpoint_fingerprint(path)
+
+
 class PartialRows:
     """Rows of a long benchmark appended one JSON line each as they finish, after a header of the settings.
 
@@ -96,7 +107,7 @@ class PartialRows:
                 self.path.write_text("".join(x + "\n" for x in text))
             lines = [json.loads(x) for x in text]
             if not lines or lines[0].get("settings") != self.settings:
-                raise SystemExit(f"error: {self.path} holds rows of an evaluation with other settings; "
+                raise SystemExit(f"error: {self.path} holds rows of a run with other settings; "
                                  "pass --fresh to start over, or another --out")
             self._rows = {self._key(r): r for r in lines[1:]}
         else:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import DefaultInitCache, PartialRows, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, PartialRows, ghn_fingerprint, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.plot import no_harm
 
@@ -136,12 +136,7 @@ def _eval_arch(item) -> dict:
 
 def _row_settings(a) -> dict:
     """Everything a row's numbers depend on: rows of a stopped run are reused only when all of it matches."""
-    from ghn.hypernet import DEFAULT_CHECKPOINT, checkpoint_fingerprint
-
-    ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
-    if not ckpt.is_file():
-        raise SystemExit(f"error: no hypernetwork checkpoint at {ckpt}")
-    return {"ghn_fingerprint": checkpoint_fingerprint(ckpt), "ghn_over": a.ghn_over,
+    return {"ghn_fingerprint": ghn_fingerprint(a.ckpt), "ghn_over": a.ghn_over,
             "dataset": a.dataset, "data_root": a.data_root, "test_n": a.test_n, "calib_batches": a.calib_batches,
             "epochs": a.epochs, "steps": a.steps, "lr": a.lr, "seed": a.seed, "channels_last": a.channels_last,
             "speedup_at": a.speedup_at if a.speedup else None, "device": str(a.device),

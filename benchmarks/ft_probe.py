@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from _results import PartialRows, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import PartialRows, ghn_fingerprint, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.training import classifier_layer
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from ghn.datasets import get_dataset
     from ghn.evaluation import batches as data_batches
     from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
-    from ghn.hypernet import DEFAULT_CHECKPOINT, checkpoint_fingerprint, load_pretrained
+    from ghn.hypernet import load_pretrained
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="hypernetwork; default: the shipped one")
@@ -137,12 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the rows of a stopped probe")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    ckpt = Path(a.ckpt) if a.ckpt else DEFAULT_CHECKPOINT
-    if not ckpt.is_file():
-        raise SystemExit(f"error: no hypernetwork checkpoint at {ckpt}")
     out = Path(a.out)
     partial = PartialRows(out.with_name(out.name + ".partial.jsonl"),
-                          {"ghn_fingerprint": checkpoint_fingerprint(ckpt), "split": a.split, "steps": a.steps,
+                          {"ghn_fingerprint": ghn_fingerprint(a.ckpt), "split": a.split, "steps": a.steps,
                            "test_n": a.test_n, "seeds": a.seeds, "threads": a.threads, "torch": torch.__version__},
                           ("index", "variant"), fresh=a.fresh)
     done = partial.rows()
