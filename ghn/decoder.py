@@ -94,8 +94,11 @@ class LowRankDecoder(nn.Module):
                  code_seed: int = 0, base: bool = True, orth: bool = True, max_pred_share: float = 0.9,
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
                  default_scale_under_norm: bool = True, equal_rows: str = "none",
-                 max_dir_ratio: float = 0.0):  # GHNConfig's defaults
+                 max_dir_ratio: float = 0.0, free_rows: float = 0.0):  # GHNConfig's defaults
         super().__init__()
+        if not 0.0 <= free_rows < 1.0:
+            raise ValueError(f"free_rows must be in [0, 1), got {free_rows}")
+        self.free_rows = free_rows
         if max_dir_ratio < 0:
             raise ValueError(f"max_dir_ratio must be >= 0 (0: no cap), got {max_dir_ratio}")
         if max_dir_ratio > 0 and not base:
@@ -221,6 +224,8 @@ class LowRankDecoder(nn.Module):
             z = base_weights(refs, w.shape[1:], w.device, w.dtype, salt="noise")
             w = math.sqrt(1.0 - self.noise_share) * w + math.sqrt(self.noise_share) * z
             w = w / _rms(w)
+        if self.free_rows > 0 and norm_fed is not None and any(norm_fed):
+            w = self._free_rows(w, refs, norm_fed)
         if self.equal_rows != "none":
             w = self._equalize_rows(w, refs, norm_fed)
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
@@ -248,6 +253,19 @@ class LowRankDecoder(nn.Module):
         eq = flat * (flat.pow(2).mean((1, 2), keepdim=True) / flat.pow(2).mean(2, keepdim=True).clamp_min(1e-20)).sqrt()
         mask = torch.tensor(pick, device=w.device).view(-1, 1, 1)
         return torch.where(mask, eq, flat).view_as(w)
+
+    def _free_rows(self, w: Tensor, refs: Sequence[ParamRef], norm_fed: Sequence[bool]) -> Tensor:
+        """The last ``free_rows`` fraction of the output rows of every matrix feeding normalisations only replaced
+        by a fixed name-seeded Gaussian (``free_rows``); transposed convolutions (rows are inputs) are left alone."""
+        n_out = w.shape[1]
+        first = n_out - round(n_out * self.free_rows)
+        pick = [bool(f) and not r.transposed for f, r in zip(norm_fed, refs)]
+        if first >= n_out or not any(pick):
+            return w
+        z = base_weights(refs, w.shape[1:], w.device, w.dtype, salt="free")
+        rows = torch.arange(n_out, device=w.device) >= first
+        mask = torch.tensor(pick, device=w.device).view(-1, 1) & rows.view(1, -1)
+        return torch.where(mask.view(*mask.shape, *([1] * (w.dim() - 2))), z, w)
 
     def _base(self, refs: Sequence[ParamRef], n_out: int, n_in: int, kernel: Sequence[int], shape: Sequence[int],
               device, dtype) -> Tensor:

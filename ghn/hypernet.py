@@ -70,6 +70,9 @@ class GHNConfig:
     max_dir_ratio: float = 0.0    # > 0: cap the mixing angle so each predicted direction carries at most this times
                                   # the energy of each other direction of the matrix (the rank-r part otherwise
                                   # dominates wide layers m/r-fold); 0: no cap
+    free_rows: float = 0.0        # > 0: this fraction of the output rows (the last ones) of every matrix that only
+                                  # feeds normalisations is the fixed name-seeded Gaussian alone: default-like
+                                  # channels beside the coordinated ones
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -103,7 +106,7 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
                                  "default_scale_under_norm": False, "equal_rows": "none",
-                                 "max_dir_ratio": 0.0}
+                                 "max_dir_ratio": 0.0, "free_rows": 0.0}
 
 
 @dataclass
@@ -157,7 +160,7 @@ class GraphHyperNetwork(nn.Module):
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
                                       c.noise_share, c.default_scale_under_norm, c.equal_rows,
-                                      c.max_dir_ratio)
+                                      c.max_dir_ratio, c.free_rows)
 
     @property
     def task(self) -> Task:
@@ -249,7 +252,8 @@ class GraphHyperNetwork(nn.Module):
     def norm_fed_nodes(self, graph: ArchGraph):
         """Nodes of ``graph`` whose output feeds normalisations only, where the decoder uses them
         (``default_scale_under_norm``, ``equal_rows="norm_fed"``); else empty (it is a walk over the edges)."""
-        want = self.config.default_scale_under_norm or self.config.equal_rows == "norm_fed"
+        c = self.config
+        want = c.default_scale_under_norm or c.equal_rows == "norm_fed" or c.free_rows > 0
         return graph.norm_fed() if want else frozenset()
 
     def predict_params(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,

@@ -335,3 +335,21 @@ def test_eval_refuses_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no hypernetwork checkpoint"):
         ev.main(["--ckpt", str(tmp_path / "nope.safetensors"), "--split", "val", "--indices", "0", "--epochs",
                  "--out", str(tmp_path / "r.json")])
+
+
+def test_conv_mix_records_each_distinct_conv_call_and_names_its_kind(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("conv_mix", None)
+    import conv_mix
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4),
+                        nn.Conv2d(4, 4, 5, stride=2, padding=4, dilation=2, groups=4), nn.Conv2d(4, 8, 1))
+    rec = conv_mix._Record()
+    with torch.no_grad(), rec:
+        net(torch.randn(2, 1, 8, 8))
+        net(torch.randn(2, 1, 8, 8))  # the same calls again: counted, not new entries
+    kinds = {conv_mix.kind(w, s, d, g): n for (_, w, s, _, d, g), n in rec.calls.items()}
+    assert kinds == {"dense3x3": 2, "depthwise5x5 dil2": 2, "depthwise5x5 dil2 stride2": 2, "dense1x1": 2}
+    assert conv_mix.time_call((2, 4, 8, 8), (4, 1, 5, 5), (1, 1), (4, 4), (2, 2), 4, repeat=1) > 0

@@ -410,6 +410,22 @@ def test_equal_rows_under_norm_gives_every_filter_the_matrix_rms_and_keeps_the_f
         make_ghn(equal_rows="some")
 
 
+def test_free_rows_are_the_fixed_gaussian_under_norm_only():
+    ghn, x = make_ghn(), torch.randn(8, 1, 12, 12)
+    m_off, m_free, m_other = TinyCNN(width=8), TinyCNN(width=8), TinyCNN(width=8)
+    ghn.initialize(m_off, x)
+    ghn.with_config(free_rows=0.25).initialize(m_free, x)
+    make_ghn(seed=1, free_rows=0.25).initialize(m_other, x)  # another hypernetwork: other predictions
+    w_off, w_free, w_other = m_off.stem.weight, m_free.stem.weight, m_other.stem.weight  # feeds a BatchNorm
+    assert torch.equal(w_free[:6], w_off[:6])  # the first 6 of 8 filters as predicted
+    assert not torch.allclose(w_free[6:], w_off[6:])
+    assert torch.allclose(w_free[6:], w_other[6:])  # the last 2 do not depend on the hypernetwork
+    assert not torch.allclose(w_free[:6], w_other[:6])
+    assert torch.equal(m_free.fc.weight, m_off.fc.weight)  # the classifier feeds no normalisation: untouched
+    with pytest.raises(ValueError, match="free_rows"):
+        make_ghn(free_rows=1.0)
+
+
 class _WithUnused(nn.Module):
     """A classifier plus modules its forward never uses: a training-only embedding and norm, a frozen layer."""
 
