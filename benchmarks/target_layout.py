@@ -10,9 +10,11 @@ load hits all variants alike:
 - ``nchw``: the default, fp32 contiguous;
 - ``cl``: channels_last input and 4-D weights;
 - ``bf16``: CPU autocast to bfloat16 (NCHW);
-- ``cl_bf16``: both.
+- ``cl_bf16``: both;
+- ``cl_fast``: channels_last with stride == dilation convs on the subsampled input (:mod:`ghn.fastconv`, exact).
 
-Reports per-variant total seconds and the speed-up over ``nchw``, and the loss difference (bf16 changes the math).
+Reports per-variant total seconds, the speed-up over the first of ``--variants`` and the loss difference to it
+(bf16 changes the math).
 Writes benchmarks/results/target_layout.json.
 
     OMP_NUM_THREADS=1 python benchmarks/target_layout.py --threads 1 --n 16
@@ -20,13 +22,16 @@ Writes benchmarks/results/target_layout.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 import torch.nn.functional as F
 from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-VARIANTS = ("nchw", "cl", "bf16", "cl_bf16")
+from ghn.fastconv import fast_convs
+
+VARIANTS = ("nchw", "cl", "bf16", "cl_bf16", "cl_fast")
 
 
 def step(model, params, x, y, variant: str) -> float:
@@ -34,7 +39,8 @@ def step(model, params, x, y, variant: str) -> float:
     if variant.startswith("cl"):
         x = x.contiguous(memory_format=torch.channels_last)
         params = {k: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for k, t in params.items()}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16")):
+    fast = fast_convs(model) if variant.endswith("fast") else contextlib.nullcontext()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16")), fast:
         logits = torch.func.functional_call(model, params, (x,), strict=False)
     loss = F.cross_entropy(logits.float(), y)
     loss.backward()
@@ -47,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-arch-params", type=int, default=500_000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/target_layout.json")
     a = p.parse_args(argv)
@@ -67,23 +74,24 @@ def main(argv=None) -> int:
         with torch.no_grad():
             preds = hyper([ArchGraph.from_module(m, x[:2])])[0]
         cases.append((i, m, {k: t.detach().requires_grad_() for k, t in preds.items()}))
-    secs = {v: 0.0 for v in VARIANTS}
-    loss = {v: [] for v in VARIANTS}
+    variants = list(dict.fromkeys(a.variants))  # the first is the baseline
+    secs = {v: 0.0 for v in variants}
+    loss = {v: [] for v in variants}
     for r in range(a.rounds + 1):  # round 0 warms up kernels and the allocator
         for _, m, params in cases:
-            for v in VARIANTS:
+            for v in variants:
                 t = time.perf_counter()
                 ls = step(m, params, x, y, v)
                 if r:
                     secs[v] += time.perf_counter() - t
                     loss[v].append(ls)
-    ref = loss["nchw"]
-    res = {v: {"seconds": secs[v], "speedup_over_nchw": secs["nchw"] / secs[v],
-               "max_abs_loss_diff": max(abs(a_ - b) for a_, b in zip(loss[v], ref))} for v in VARIANTS}
+    base = variants[0]
+    res = {v: {"seconds": secs[v], "speedup": secs[base] / secs[v],
+               "max_abs_loss_diff": max(abs(a_ - b) for a_, b in zip(loss[v], loss[base]))} for v in variants}
     for v, d in res.items():
-        print(f"{v:8s} {d['seconds']:7.2f} s  x{d['speedup_over_nchw']:.2f}  "
+        print(f"{v:8s} {d['seconds']:7.2f} s  x{d['speedup']:.2f} over {base}  "
               f"max |loss diff| {d['max_abs_loss_diff']:.1e}")
-    write_results(a.out, {"args": vars(a), "archs": todo, "variants": res})
+    write_results(a.out, {"args": vars(a), "archs": todo, "baseline": base, "variants": res})
     return 0
 
 

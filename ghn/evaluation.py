@@ -2,7 +2,7 @@
 
 BatchNorm running statistics are buffers the hypernetwork does not predict; before evaluating in eval mode they are
 re-estimated on a few training batches with no gradient step (``calibrate_norm_stats``). Every function takes an
-explicit seed: no global RNG state is read or changed.
+explicit seed: no global RNG state is read or changed. Models run under :func:`ghn.fastconv.fast_convs` (exact).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ghn.fastconv import fast_convs
 from ghn.tracing import call_model, default_example_input
 
 
@@ -30,10 +31,11 @@ def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any], params: Optio
     model.train()
     try:
         for x in batches:
-            if params is None:
-                call_model(model, x)
-            else:
-                torch.func.functional_call(model, params, (x,), strict=False)
+            with fast_convs(model):
+                if params is None:
+                    call_model(model, x)
+                else:
+                    torch.func.functional_call(model, params, (x,), strict=False)
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -79,9 +81,10 @@ def batches(data, batch_size: int, seed: int, shuffle: bool = True, limit: Optio
 def accuracy(model: nn.Module, data, batch_size: int = 500, device: str = "cpu") -> float:
     """Top-1 accuracy of ``model`` in eval mode on a whole dataset."""
     model.eval()
-    correct = 0
+    correct, fast = 0, fast_convs(model)
     for x, y in batches(data, batch_size, 0, shuffle=False):
-        correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
+        with fast:
+            correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
     return correct / len(data.labels)
 
 
@@ -103,12 +106,13 @@ def finetune(model: nn.Module, train_data, epochs: float = 1.0, lr: float = 0.05
         total = min(total, max_steps)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1), pct_start=0.1)
-    step, epoch = 0, 0
+    step, epoch, fast = 0, 0, fast_convs(model)
     while step < total:
         for x, y in batches(train_data, batch_size, seed + epoch):
             if step >= total:
                 break
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            with fast:
+                loss = F.cross_entropy(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -36,6 +36,7 @@ from ghn.archstream import (
     select_archs,
     step_rng,
 )
+from ghn.fastconv import fast_convs
 from ghn.graph import ArchGraph
 from ghn.hypernet import GHNConfig, GraphHyperNetwork
 from ghn.task import Task
@@ -217,7 +218,8 @@ def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tenso
     head, feats = classifier_layer(model), []
     hook = head.register_forward_pre_hook(lambda mod, args: feats.append(args[0])) if head is not None else None
     try:
-        logits = torch.func.functional_call(model, params, (x,), strict=False).float()
+        with fast_convs(model):  # exact (ghn.fastconv)
+            logits = torch.func.functional_call(model, params, (x,), strict=False).float()
     finally:
         if hook is not None:
             hook.remove()
