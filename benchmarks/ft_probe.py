@@ -7,6 +7,9 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
 - ``feat_erank``: effective rank (exp of the entropy of the normalised singular values) of the features entering
   the classifier, over 512 training images; default init gives tens, a degenerate init a handful;
 - ``acc0``: top-1 with no training (BN statistics re-estimated);
+- ``loss0`` / ``step_loss``: training-mode cross-entropy on 128 training images at the init, and on another 128
+  after one SGD step of lr 0.2 (gradient norm clipped at 5) from it: how sharp the init is. Default init's loss
+  barely moves; a predicted init whose loss jumps is kicked out of its basin by the first fine-tuning steps;
 - ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data orders for every variant), the mean
   over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding);
   ``--steps 0`` skips fine-tuning: a screen of many decodings in seconds per architecture.
@@ -58,6 +61,27 @@ def classifier_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return got["f"].flatten(1)
 
 
+def step_response(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float = 0.2) -> tuple:
+    """``(loss on the first half of the batch, loss on the second half after one clipped SGD step on the first)``,
+    in training mode, through ``functional_call`` (``model``'s parameters are not changed)."""
+    import torch.nn.functional as F
+
+    from ghn.fastconv import fast_convs
+
+    half = len(labels) // 2
+    model.train()
+    p = {k: t.detach().clone().requires_grad_() for k, t in model.named_parameters()}
+    with fast_convs(model):
+        loss0 = F.cross_entropy(torch.func.functional_call(model, p, (images[:half],)), labels[:half])
+        gs = torch.autograd.grad(loss0, list(p.values()), allow_unused=True)
+        gs = [torch.zeros_like(t) if g is None else g for t, g in zip(p.values(), gs)]
+        scale = lr * min(1.0, 5.0 / (float(torch.sqrt(sum(g.pow(2).sum() for g in gs))) + 1e-6))
+        with torch.no_grad():
+            moved = {k: t - scale * g for (k, t), g in zip(p.items(), gs)}
+            loss1 = F.cross_entropy(torch.func.functional_call(model, moved, (images[half:],)), labels[half:])
+    return float(loss0), float(loss1)
+
+
 def parse_overrides(variant: str) -> dict:
     """``"noise_share=0.5+orth=true"`` -> config overrides, typed like the :class:`GHNConfig` fields."""
     from dataclasses import fields
@@ -86,6 +110,8 @@ def summarize(rows: list) -> dict:
             continue
         out[v] = {"n": len(rs), "acc0": sum(r["acc0"] for r in rs) / len(rs),
                   "feat_erank": sum(r["feat_erank"] for r in rs) / len(rs)}
+        if all("step_loss" in r for r in rs):
+            out[v].update({k: sum(r[k] for r in rs) / len(rs) for k in ("loss0", "step_loss")})
         if all("ft" in r and base[r["index"]] is not None for r in rs):
             gaps = [r["ft"] - base[r["index"]] for r in rs]
             out[v].update(ft=sum(r["ft"] for r in rs) / len(rs), ft_gap=sum(gaps) / len(gaps),
@@ -172,6 +198,7 @@ def main(argv=None) -> int:
             calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,
                    "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
+            row["loss0"], row["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
             row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
             fts = []
             # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
@@ -190,7 +217,8 @@ def main(argv=None) -> int:
     for v, x in summary.items():
         ft = (f"  ft {100 * x['ft']:5.1f}  gap {100 * x['ft_gap']:+5.1f}  holds {x['holds']}/{x['n']}"
               if "ft" in x else "")
-        print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  feat_erank {x['feat_erank']:5.1f}{ft}")
+        sharp = f"  loss {x['loss0']:.2f} -> {x['step_loss']:.2f} after a step" if "step_loss" in x else ""
+        print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  feat_erank {x['feat_erank']:5.1f}{sharp}{ft}")
     write_results(out, {"args": vars(a), "summary": summary, "rows": rows})
     partial.path.unlink(missing_ok=True)  # every row is in the results now
     return 0

@@ -28,7 +28,8 @@ sensible variance and training only learns deviations. Gains start at 1, biases 
 output feeds normalisations only (``default_scale_under_norm``) takes PyTorch's default-init RMS
 ``sqrt(1 / (3 fan_in))`` instead: the normalisation divides its scale out, so the loss cannot teach it (the factor
 stayed near its initial 1, 1.5x default), and under a normalisation the scale sets the effective learning rate of
-fine-tuning (``lr / scale^2``): the default scale is the one SGD recipes are tuned for.
+fine-tuning (``lr / scale^2``): the default scale is the one SGD recipes are tuned for. ``norm_fed_scale`` multiplies
+it (a predicted network's loss is more sensitive than default init's, so the same learning rate moves it more).
 """
 from __future__ import annotations
 
@@ -94,8 +95,12 @@ class LowRankDecoder(nn.Module):
                  code_seed: int = 0, base: bool = True, orth: bool = True, max_pred_share: float = 0.9,
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
                  default_scale_under_norm: bool = True, equal_rows: str = "none",
-                 max_dir_ratio: float = 0.0, free_rows: float = 0.0):  # GHNConfig's defaults
+                 max_dir_ratio: float = 0.0, free_rows: float = 0.0,
+                 norm_fed_scale: float = 1.0):  # GHNConfig's defaults
         super().__init__()
+        if not norm_fed_scale > 0:
+            raise ValueError(f"norm_fed_scale must be > 0, got {norm_fed_scale}")
+        self.norm_fed_scale = norm_fed_scale
         if not 0.0 <= free_rows < 1.0:
             raise ValueError(f"free_rows must be in [0, 1), got {free_rows}")
         self.free_rows = free_rows
@@ -204,7 +209,7 @@ class LowRankDecoder(nn.Module):
             factor = torch.where(seen, factor, torch.ones_like(factor))
         if self.default_scale_under_norm and norm_fed is not None and any(norm_fed):
             fed = torch.tensor(norm_fed, device=c.device)
-            factor = torch.where(fed, torch.full_like(factor, DEFAULT_INIT_RMS), factor)
+            factor = torch.where(fed, torch.full_like(factor, DEFAULT_INIT_RMS * self.norm_fed_scale), factor)
         scale = fan_in.rsqrt() * factor
         if self.orth:  # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)

@@ -73,6 +73,8 @@ class GHNConfig:
     free_rows: float = 0.0        # > 0: this fraction of the output rows (the last ones) of every matrix that only
                                   # feeds normalisations is the fixed name-seeded Gaussian alone: default-like
                                   # channels beside the coordinated ones
+    norm_fed_scale: float = 1.0   # with default_scale_under_norm: those matrices at this times PyTorch's default RMS
+                                  # (the same function; 1/scale^2 the effective fine-tuning learning rate)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -106,7 +108,7 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
                                  "default_scale_under_norm": False, "equal_rows": "none",
-                                 "max_dir_ratio": 0.0, "free_rows": 0.0}
+                                 "max_dir_ratio": 0.0, "free_rows": 0.0, "norm_fed_scale": 1.0}
 
 
 @dataclass
@@ -160,7 +162,7 @@ class GraphHyperNetwork(nn.Module):
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
                                       c.noise_share, c.default_scale_under_norm, c.equal_rows,
-                                      c.max_dir_ratio, c.free_rows)
+                                      c.max_dir_ratio, c.free_rows, c.norm_fed_scale)
 
     @property
     def task(self) -> Task:

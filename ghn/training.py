@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -70,6 +70,9 @@ class TrainConfig:
     feat_rank: float = 0.0            # > 0: adds -feat_rank * log(participation ratio of the classifier's input
                                       # features on the batch) per architecture: an anti-collapse term
     channels_last: bool = True        # target networks' conv weights in NHWC (~1.2x on CPU; float rounding differs)
+    lookahead_steps: int = 0          # > 0 (with arch_grad_norm): also train on the loss after this many plain SGD
+                                      # steps of each target network from its predicted weights (first-order)
+    lookahead_lr: float = 0.2         # learning rate of those steps (gradient norm clipped at 5, as in fine-tuning)
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
@@ -90,7 +93,8 @@ class TrainConfig:
 # Settings a resumed run must keep: changing any of them would silently make it another run.
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
                 "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
-                "feat_rank", "channels_last", "max_arch_params", "pool_size", "arch_filter")
+                "feat_rank", "channels_last", "lookahead_steps", "lookahead_lr", "max_arch_params", "pool_size",
+                "arch_filter")
 # hypernetwork settings a resume may switch: decoding dials with no parameters of their own (the weights, optimizer,
 # schedule and data order continue; later checkpoints store the new value, so their resumes stay exact)
 RESUME_SWITCHABLE = ("max_dir_ratio",)
@@ -164,6 +168,7 @@ class ArchLosses(NamedTuple):
     accs: torch.Tensor     # top-1 on the batch (detached)
     ce: torch.Tensor       # cross-entropy (detached)
     feat_pr: torch.Tensor  # participation ratio of the classifier's input features (detached; NaN: no classifier)
+    lookahead_ce: Optional[torch.Tensor] = None  # cross-entropy after the lookahead steps (when on)
 
 
 def classifier_layer(model: nn.Module) -> Optional[nn.Linear]:
@@ -204,7 +209,7 @@ def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGr
 
 
 def _stack(out: List[Tuple[torch.Tensor, ...]]) -> ArchLosses:
-    return ArchLosses(*(torch.stack([o[k] for o in out]) for k in range(4)))
+    return ArchLosses(*(torch.stack([o[k] for o in out]) for k in range(len(out[0]))))
 
 
 def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -232,9 +237,42 @@ def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tenso
     return loss, (logits.argmax(-1) == y).float().mean(), ce.detach(), pr.detach()
 
 
+class Lookahead(NamedTuple):
+    """Plain SGD steps taken from each predicted network before a second gradient (``TrainConfig.lookahead_*``)."""
+
+    steps: int
+    lr: float
+    xs: torch.Tensor  # [steps, B, ...]: one image batch per step after the first (which reuses the step's batch)
+    ys: torch.Tensor  # [steps, B]
+
+
+def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[torch.Tensor],
+                    g0: Sequence[torch.Tensor], la: Lookahead, logit_norm: float = 0.0, channels_last: bool = False
+                    ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
+    """``(cross-entropy, gradient)`` at the weights ``la.steps`` plain SGD steps from ``theta0`` (a first-order
+    fine-tuning-aware objective, as in first-order MAML): step ``k`` uses the gradient at step ``k - 1`` (``g0`` on
+    the step's batch first, then ``la.xs[k - 1]``), each clipped to norm 5 as ``ghn.evaluation.finetune`` does; the
+    returned gradient is taken on ``la.xs[-1]``. To first order it is the gradient of ``L - lr/2 |grad L|^2`` at
+    ``theta0``: predictions from which SGD descends fast are preferred. ``None`` when a step is non-finite."""
+    theta = [t.detach() for t in theta0]
+    g = [h.detach() for h in g0]
+    for k in range(la.steps):
+        norm = torch.sqrt(sum(h.pow(2).sum() for h in g))
+        if not bool(torch.isfinite(norm)):
+            return norm, None
+        scale = la.lr * min(1.0, 5.0 / (float(norm) + 1e-6))
+        theta = [(t - scale * h).requires_grad_() for t, h in zip(theta, g)]
+        params = {n: t for t, i in zip(theta, names) for n in names[i]}
+        ce, *_ = _arch_loss(model, params, la.xs[k], la.ys[k], logit_norm, channels_last)
+        if not bool(torch.isfinite(ce)):
+            return ce.detach(), None
+        g = list(torch.autograd.grad(ce, theta))
+    return ce.detach(), g
+
+
 def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.Module], x: torch.Tensor,
                           y: torch.Tensor, logit_norm: float = 0.0, channels_last: bool = False,
-                          feat_rank: float = 0.0):
+                          feat_rank: float = 0.0, lookahead: Optional["Lookahead"] = None):
     """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
 
     Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
@@ -244,6 +282,9 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     own backward, so peak memory is one target network instead of the meta-batch. Non-finite losses give no
     gradient; when none is finite the first network's tensors come back with zero gradients, so the backward (which
     DDP needs on every rank) still runs. Returns ``(ArchLosses, tensors, grads)``.
+
+    With ``lookahead`` each architecture's gradient is the sum of the one at its predicted weights and the one after
+    ``lookahead.steps`` plain SGD steps from them (:func:`lookahead_grads`), before the normalisation.
     """
     out, tensors, grads = [], [], []
     for model, params in zip(models, preds):
@@ -251,10 +292,18 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
         leaf = {i: t.detach().requires_grad_() for i, t in uniq.items()}
         loss, *rest = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm,
                                  channels_last, feat_rank)
-        out.append((loss.detach(), *rest))
         if not bool(torch.isfinite(loss)):
+            out.append((loss.detach(), *rest) + ((loss.detach(),) if lookahead else ()))
             continue
         gs = torch.autograd.grad(loss, list(leaf.values()))
+        if lookahead is not None:
+            names = {i: [k for k, t in params.items() if id(t) == i] for i in leaf}
+            la_ce, la_gs = lookahead_grads(model, names, list(leaf.values()), gs, lookahead, logit_norm, channels_last)
+            out.append((loss.detach(), *rest, la_ce))
+            if la_gs is not None:
+                gs = [g + h for g, h in zip(gs, la_gs)]
+        else:
+            out.append((loss.detach(), *rest))
         norm = torch.sqrt(sum(g.pow(2).sum() for g in gs))
         if not bool(torch.isfinite(norm)):
             continue
@@ -317,6 +366,9 @@ class Trainer:
             raise ValueError("--arch-grad-norm does not support fp16 loss scaling; use --mixed-precision bf16 or no")
         if cfg.feat_rank < 0:
             raise ValueError(f"--feat-rank {cfg.feat_rank}: must be >= 0 (a negative weight would reward collapse)")
+        if cfg.lookahead_steps < 0 or (cfg.lookahead_steps > 0 and (not cfg.arch_grad_norm or cfg.lookahead_lr <= 0)):
+            raise ValueError(f"--lookahead-steps {cfg.lookahead_steps}: must be >= 0, and > 0 needs --arch-grad-norm "
+                             f"and --lookahead-lr > 0 (got {cfg.lookahead_lr})")
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg
@@ -486,7 +538,7 @@ class Trainer:
                 if cfg.arch_grad_norm:
                     preds = self.ghn(graphs, batch)
                     res, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm,
-                                                                cfg.channels_last, cfg.feat_rank)
+                                                                cfg.channels_last, cfg.feat_rank, self._lookahead())
                 else:
                     res = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
                                           cfg.channels_last, cfg.feat_rank)
@@ -517,10 +569,23 @@ class Trainer:
         means = acc.gather(torch.stack([ce.detach().float(), res.accs.mean(), _nanmean(res.feat_pr),
                                         loss.detach().float()]).unsqueeze(0)).mean(0)
         extra = {"objective": float(means[3])} if cfg.feat_rank > 0 else {}
+        if res.lookahead_ce is not None:  # the cross-entropy after the lookahead steps (uncapped, finite ones)
+            extra["lookahead_loss"] = float(acc.gather(_nanmean(res.lookahead_ce).view(1)).mean())
         return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]), "feat_pr": float(means[2]), **extra,
                 "lr": float(self.sched.get_last_lr()[0]), "archs_per_step": n, "skipped_nan": st.skipped_nan,
                 "capped_archs": st.capped_archs, "nonfinite_archs": st.nonfinite_archs,
                 **({"max_dir_ratio": kappa} if (kappa := self.inner.config.max_dir_ratio) else {})}
+
+    def _lookahead(self) -> Optional[Lookahead]:
+        """This step's :class:`Lookahead` batches (their own stream, so runs without it keep their images)."""
+        cfg, acc = self.cfg, self.acc
+        if cfg.lookahead_steps <= 0:
+            return None
+        k, b = cfg.lookahead_steps, cfg.batch_size
+        bi = torch.randint(len(self.labels), (k * b,),
+                           generator=step_rng(cfg.seed, self.state.step, acc.process_index, "lookahead"))
+        xs, ys = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
+        return Lookahead(k, cfg.lookahead_lr, xs.view(k, b, *xs.shape[1:]), ys.view(k, b))
 
     def log(self, record: Dict[str, Any]) -> None:
         """Append every ``log_every``-th record (with throughput) to log.jsonl and update the progress bar."""

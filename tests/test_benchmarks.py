@@ -231,6 +231,27 @@ def test_ft_probe_reset_suffix_puts_only_that_kind_back_to_default_init(monkeypa
         ft_probe.apply_modifier(m, default, "reset=attention")
 
 
+def test_ft_probe_step_response_is_the_loss_before_and_after_one_clipped_sgd_step(monkeypatch):
+    import sys
+
+    import torch.nn.functional as F
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ft_probe", None)
+    import ft_probe
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 10, (16,))
+    before = {k: t.clone() for k, t in m.state_dict().items() if "running" not in k and "tracked" not in k}
+    l0, l1 = ft_probe.step_response(m, x, y, lr=0.0)
+    assert abs(l0 - float(F.cross_entropy(m.train()(x[:8]), y[:8]))) < 1e-5
+    assert abs(l1 - float(F.cross_entropy(m.train()(x[8:]), y[8:]))) < 1e-5  # lr 0: no move
+    assert all(torch.equal(t, m.state_dict()[k]) for k, t in before.items())  # the model's weights are untouched
+    l0b, l1b = ft_probe.step_response(m, x, y, lr=0.5)
+    assert abs(l0b - l0) < 1e-5 and abs(l1b - l1) > 1e-4
+
+
 def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monkeypatch):
     import json
     import sys

@@ -483,3 +483,15 @@ def test_decoder_keyword_defaults_are_the_config_defaults():
     params = inspect.signature(LowRankDecoder.__init__).parameters
     shared = [k for k in params if k in cfg]
     assert len(shared) >= 10 and all(params[k].default == cfg[k] for k in shared)
+
+
+def test_norm_fed_scale_multiplies_only_matrices_under_norm_and_keeps_the_function():
+    ghn, x = make_ghn(), torch.randn(8, 1, 12, 12)
+    m_one, m_two = TinyCNN(width=8), TinyCNN(width=8)
+    ghn.initialize(m_one, x)
+    ghn.with_config(norm_fed_scale=2.0).initialize(m_two, x)
+    assert torch.allclose(m_two.stem.weight, 2 * m_one.stem.weight, rtol=1e-5, atol=1e-7)  # feeds a BatchNorm
+    assert torch.equal(m_two.fc.weight, m_one.fc.weight)  # the classifier feeds no normalisation: untouched
+    assert torch.allclose(m_two.train()(x), m_one.train()(x), atol=1e-3)  # BatchNorm divides the scale out
+    with pytest.raises(ValueError, match="norm_fed_scale"):
+        make_ghn(norm_fed_scale=0.0)

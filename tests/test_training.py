@@ -350,3 +350,57 @@ def test_feat_rank_run_logs_cross_entropy_objective_and_feature_participation(tm
     c0 = cfg(tmp_path, "fr0", steps=2)
     train(c0, data=ProtoData(), archs=ToyArchs())
     assert all("objective" not in json.loads(line) for line in open(os.path.join(c0.out_dir, "log.jsonl")))
+
+
+def test_lookahead_gradient_is_the_gradient_after_clipped_sgd_steps():
+    from ghn.training import Lookahead, lookahead_grads, normalized_arch_grads
+
+    models, x, y, hyper, graphs = two_toy_networks()
+    preds = hyper(graphs)
+    model, p0 = models[0], {k: t.detach() for k, t in preds[0].items()}
+    xs, ys = torch.randn(2, *x.shape), torch.randint(0, 4, (2, len(y)))
+    ce = lambda p, xb, yb: torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (xb,)), yb)  # noqa
+    # by hand: two SGD steps (gradient norm clipped at 5), then the gradient on the last lookahead batch
+    p = {k: t.clone().requires_grad_() for k, t in p0.items()}
+    for xb, yb in ((x, y), (xs[0], ys[0])):
+        g = torch.autograd.grad(ce(p, xb, yb), list(p.values()))
+        n = float(torch.sqrt(sum(h.pow(2).sum() for h in g)))
+        p = {k: (t - 0.3 * min(1.0, 5.0 / (n + 1e-6)) * h).detach().requires_grad_() for (k, t), h in zip(p.items(), g)}
+    want_ce = ce(p, xs[1], ys[1])
+    want = torch.autograd.grad(want_ce, list(p.values()))
+    la = Lookahead(2, 0.3, xs, ys)
+    theta0 = [t.clone().requires_grad_() for t in p0.values()]
+    g0 = torch.autograd.grad(ce(dict(zip(p0, theta0)), x, y), theta0)
+    got_ce, got = lookahead_grads(model, {id(t): [k] for k, t in zip(p0, theta0)}, theta0, g0, la)
+    assert math.isclose(float(got_ce), float(want_ce.detach()), rel_tol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(got, want))
+    # in the training gradient: the lookahead term changes each architecture's direction, not its unit norm
+    res, _, grads = normalized_arch_grads(preds, models, x, y, lookahead=la)
+    _, _, plain = normalized_arch_grads(preds, models, x, y)
+    assert res.lookahead_ce.shape == (2,) and torch.isfinite(res.lookahead_ce).all()
+    k = len({id(t) for t in preds[0].values()})
+    assert math.isclose(float(torch.sqrt(sum(g.pow(2).sum() for g in grads[:k]))), 0.5, rel_tol=1e-4)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, plain))
+
+
+def test_lookahead_trains_logs_and_resumes_exactly(tmp_path):
+    kw = dict(arch_grad_norm=True, lookahead_steps=1, lookahead_lr=0.1)
+    straight = cfg(tmp_path, "straight", steps=6, **kw)
+    train(straight, data=ProtoData(), archs=ToyArchs())
+    recs = [json.loads(line) for line in open(os.path.join(straight.out_dir, "log.jsonl"))]
+    assert all(math.isfinite(r["lookahead_loss"]) for r in recs)
+    first = cfg(tmp_path, "first", steps=6, ckpt_every=3, **kw)
+    train(first, data=ProtoData(), archs=ToyArchs())
+    resumed = cfg(tmp_path, "resumed", steps=6, resume=os.path.join(first.out_dir, "ckpt-0000003"), **kw)
+    train(resumed, data=ProtoData(), archs=ToyArchs())
+    assert losses(resumed.out_dir) == losses(straight.out_dir)[3:]
+    with pytest.raises(ValueError, match="lookahead_steps=2 .run: 1. differ"):
+        train(cfg(tmp_path, "other", steps=6, resume=os.path.join(first.out_dir, "ckpt-0000003"),
+                  **{**kw, "lookahead_steps": 2}), data=ProtoData(), archs=ToyArchs())
+
+
+@pytest.mark.parametrize("kw", [dict(lookahead_steps=-1), dict(lookahead_steps=1, arch_grad_norm=False),
+                                dict(lookahead_steps=1, arch_grad_norm=True, lookahead_lr=0.0)])
+def test_bad_lookahead_settings_are_one_line_errors(tmp_path, kw):
+    with pytest.raises(ValueError, match="--lookahead-steps"):
+        train(cfg(tmp_path, "bad", **kw), data=ProtoData(), archs=ToyArchs())
