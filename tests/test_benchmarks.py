@@ -374,3 +374,29 @@ def test_conv_mix_records_each_distinct_conv_call_and_names_its_kind(monkeypatch
     kinds = {conv_mix.kind(w, s, d, g): n for (_, w, s, _, d, g), n in rec.calls.items()}
     assert kinds == {"dense3x3": 2, "depthwise5x5 dil2": 2, "depthwise5x5 dil2 stride2": 2, "dense1x1": 2}
     assert conv_mix.time_call((2, 4, 8, 8), (4, 1, 5, 5), (1, 1), (4, 4), (2, 2), 4, repeat=1) > 0
+
+
+def test_orders_reads_no_harm_on_the_mean_of_data_orders(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("orders", None)
+    import orders
+
+    spec = {"family": "cnn", "norm": "bn"}
+    seed0 = [{"split": "test", "index": 1, "spec": spec, "ft100s_pred": 0.80, "ft100s_default": 0.79},
+             {"split": "test", "index": 2, "spec": spec, "ft100s_pred": 0.70, "ft100s_default": 0.74},
+             {"split": "test", "index": 3, "spec": spec, "ft100s_pred": 0.60, "ft100s_default": 0.50}]
+    (tmp_path / "a.json").write_text(json.dumps({"rows": seed0}))
+    lines = [json.dumps({"settings": {}}),  # a stopped run: settings line, rows, a torn last row
+             json.dumps({**seed0[0], "ft100s_pred": 0.75}), json.dumps({**seed0[1], "ft100s_pred": 0.80}), '{"split"']
+    (tmp_path / "b.partial.jsonl").write_text("\n".join(lines))
+    out = tmp_path / "o.json"
+    assert orders.main([str(tmp_path / "a.json"), str(tmp_path / "b.partial.jsonl"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["n"] == 2  # index 3 is in one order only
+    assert doc["holds_per_order"] == [1, 1]  # index 1: +1 / -4 points; index 2: -4 / +6
+    assert doc["holds_on_mean"] == 1 and [m["index"] for m in doc["misses_on_mean"]] == [1]  # means -1.5 / +1.0
+    with pytest.raises(SystemExit, match="at least two"):
+        orders.main([str(tmp_path / "a.json")])
