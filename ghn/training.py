@@ -242,8 +242,8 @@ class Lookahead(NamedTuple):
 
     steps: int
     lr: float
-    xs: torch.Tensor  # [steps, B, ...]: one image batch per step after the first (which reuses the step's batch)
-    ys: torch.Tensor  # [steps, B]
+    xs: torch.Tensor  # [steps, B, ...]: xs[k] is read at the weights after step k + 1 (the first step descends
+    ys: torch.Tensor  # [steps, B]     the gradient on the training step's own batch)
 
 
 def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[torch.Tensor],
