@@ -37,10 +37,11 @@ import functools
 import hashlib
 import itertools
 import math
-from typing import AbstractSet, Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from ghn.tracing import PARAM_KINDS, VECTOR_KINDS, ParamRef, squeeze_shape
@@ -182,20 +183,29 @@ class LowRankDecoder(nn.Module):
         groups: Dict[Tuple, List[int]] = {}
         for i, (r, s) in enumerate(zip(refs, shapes)):
             groups.setdefault((r.kind, s), []).append(i)
+        jobs = []  # matrix groups: (indices, r x r core awaiting Newton-Schulz or None, finishing function)
         for (kind, shape), idx in groups.items():
             c = ctx[idx]
             if kind == "matrix":
                 fed = [bool(norm_fed[i]) for i in idx] if norm_fed is not None else None
-                ws = self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed)
+                jobs.append((idx, *self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed)))
             else:
                 ws = self._vectors(c, shape[0] if shape else 1, kind)
+                for j, i in enumerate(idx):
+                    out[i] = ws[j].reshape(refs[i].shape)
+        cores = iter(newton_schulz_many([core for _, core, _ in jobs if core is not None]))
+        for idx, core, finish in jobs:  # every group's core flattened in one batched call
+            ws = finish(next(cores) if core is not None else None)
             for j, i in enumerate(idx):
                 out[i] = ws[j].reshape(refs[i].shape)
         return out
 
     def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef],
                   trusted_ops: Optional[AbstractSet[str]] = None, norm_fed: Optional[Sequence[bool]] = None
-                  ) -> Tensor:
+                  ) -> Tuple[Optional[Tensor], Callable[[Optional[Tensor]], Tensor]]:
+        """``(core, finish)``: with ``orth`` the r x r core of :func:`flat_low_rank` whose spectrum is still to be
+        flattened (``forward`` does every group's in one :func:`newton_schulz_many` call), else None; ``finish``
+        takes the flattened core (or None) and returns the group's tensors."""
         g, r, d = c.shape[0], self.rank, self.code_dim
         n_out, n_in, kernel = shape[0], shape[1], shape[2:]
         e_out, e_in = self.index_code(n_out), self.index_code(n_in)
@@ -213,10 +223,18 @@ class LowRankDecoder(nn.Module):
         scale = fan_in.rsqrt() * factor
         if self.orth:  # the (out) x (in, kernel) unfolding: W = A C^T with C[(j, p)] = B[j] * K[p]
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
-            w = flat_low_rank(a, cols)
-        else:  # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
-            ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
-            w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
+            q1, q2, core = low_rank_core(a, cols)
+            return core, lambda flat: self._finish(
+                (q1 @ flat @ q2.transpose(1, 2)).to(a.dtype), c, shape, refs, scale, norm_fed)
+        # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
+        ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
+        w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
+        return None, lambda _: self._finish(w, c, shape, refs, scale, norm_fed)
+
+    def _finish(self, w: Tensor, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef], scale: Tensor,
+                norm_fed: Optional[Sequence[bool]]) -> Tensor:
+        """The predicted low-rank part ``w`` [g, ...] of a group, mixed with the base and the noise floor, scaled."""
+        g, n_out, n_in, kernel = c.shape[0], shape[0], shape[1], shape[2:]
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
@@ -318,17 +336,39 @@ def _newton_schulz(m: Tensor, steps: int = 6) -> Tensor:
     return x.transpose(-1, -2) if wide else x
 
 
+def newton_schulz_many(ms: Sequence[Tensor], steps: int = 6) -> List[Tensor]:
+    """:func:`_newton_schulz` of every ``m`` [g_i, p_i, q_i] in one batched call (per-call overhead dominates at
+    these sizes: about 50 small matmuls per call, forward and backward). Each is put in its wide orientation and
+    zero-padded to the largest; zero rows and columns stay zero under the iteration and do not change the norm, so
+    each result is its own call's, up to float rounding."""
+    if not ms:
+        return []
+    tall = [m.shape[-2] > m.shape[-1] for m in ms]
+    ms = [m.transpose(-1, -2) if t else m for m, t in zip(ms, tall)]
+    p, q = max(m.shape[-2] for m in ms), max(m.shape[-1] for m in ms)
+    big = torch.cat([F.pad(m, (0, q - m.shape[-1], 0, p - m.shape[-2])) for m in ms])
+    flat = _newton_schulz(big, steps).split([m.shape[0] for m in ms])
+    out = [f[:, :m.shape[-2], :m.shape[-1]] for f, m in zip(flat, ms)]
+    return [o.transpose(-1, -2) if t else o for o, t in zip(out, tall)]
+
+
+def low_rank_core(rows: Tensor, cols: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(Q_rows, Q_cols, R_rows R_cols^T)`` of reduced QRs of both factors, in float64 (cheap at this size, and
+    batch-independent to float32 precision): ``rows @ cols^T = Q_rows core Q_cols^T``."""
+    q1, r1 = torch.linalg.qr(rows.double())
+    q2, r2 = torch.linalg.qr(cols.double())
+    return q1, q2, r1 @ r2.transpose(1, 2)
+
+
 def flat_low_rank(rows: Tensor, cols: Tensor) -> Tensor:
     """``rows @ cols^T`` [g, n, m] with its spectrum flattened: an (almost) semi-orthogonal rank-r map.
 
     Both factors are orthonormalised by a reduced QR (cheap: n x r and m x r), so only the r x r core
-    ``R_rows R_cols^T`` needs its singular values equalised.
+    ``R_rows R_cols^T`` needs its singular values equalised. (:class:`LowRankDecoder` runs the same steps with the
+    cores of all its groups flattened together.)
     """
-    dt = rows.dtype  # float64 factorisations: cheap at this size, and batch-independent to float32 precision
-    q1, r1 = torch.linalg.qr(rows.double())
-    q2, r2 = torch.linalg.qr(cols.double())
-    core = _newton_schulz(r1 @ r2.transpose(1, 2))
-    return (q1 @ core @ q2.transpose(1, 2)).to(dt)
+    q1, q2, core = low_rank_core(rows, cols)
+    return (q1 @ _newton_schulz(core) @ q2.transpose(1, 2)).to(rows.dtype)
 
 
 def _base_seed(ref: ParamRef, salt: str = "") -> int:

@@ -118,3 +118,16 @@ def test_copied_output_channels_are_flagged():
     flags = {t.name: " ".join(t.flags()) for t in rep.tensors}
     assert "100% of output channels are copies" in flags["a.weight"] and flags["b.weight"] == ""
     assert "copied channels" in str(rep)
+
+
+def test_newton_schulz_many_matches_one_call_per_core():
+    from ghn.decoder import newton_schulz_many
+
+    torch.manual_seed(0)
+    ms = [torch.randn(3, 32, 32, dtype=torch.float64), torch.randn(2, 10, 32, dtype=torch.float64),
+          torch.randn(1, 32, 9, dtype=torch.float64), torch.randn(2, 25, 16, dtype=torch.float64)]
+    got = newton_schulz_many(ms)
+    assert [g.shape for g in got] == [m.shape for m in ms]
+    for g, m in zip(got, ms):
+        assert torch.allclose(g, _newton_schulz(m), atol=1e-10)
+    assert newton_schulz_many([]) == []
