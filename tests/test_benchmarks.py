@@ -400,3 +400,20 @@ def test_orders_reads_no_harm_on_the_mean_of_data_orders(tmp_path, monkeypatch):
     assert doc["holds_on_mean"] == 1 and [m["index"] for m in doc["misses_on_mean"]] == [1]  # means -1.5 / +1.0
     with pytest.raises(SystemExit, match="at least two"):
         orders.main([str(tmp_path / "a.json")])
+
+
+def test_ghn_pass_times_the_shipped_hypernetwork(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ghn_pass", None)
+    import ghn_pass
+
+    out = tmp_path / "g.json"
+    assert ghn_pass.main(["--n", "2", "--repeat", "1", "--meta-batch", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["seconds"] > 0
+    preds = tmp_path / "p.pt"
+    ghn_pass.main(["--n", "2", "--repeat", "1", "--save-preds", str(preds)])
+    saved = torch.load(preds)
+    assert len(saved) == 2 and all(t.dim() >= 1 for p in saved for t in p.values())
