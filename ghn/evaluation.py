@@ -29,9 +29,10 @@ def calibrate_norm_stats(model: nn.Module, batches: Iterable[Any], params: Optio
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    fast = fast_convs(model)
     try:
         for x in batches:
-            with fast_convs(model):
+            with fast:
                 if params is None:
                     call_model(model, x)
                 else:
