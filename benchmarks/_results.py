@@ -1,4 +1,5 @@
-"""The one results writer of the benchmarks: every JSON they write carries the date, the machine and the command."""
+"""The one results writer of the benchmarks (every JSON they write carries the date, the machine and the command),
+and the architecture subsets they share."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, Sequence, Union
 
 import torch
+
+
+def small_archs(archs, n: int, max_params: int, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+                family: str = "") -> list:
+    """The first ``n`` indices of ``archs`` (an ``ArchDataset``) with at most ``max_params`` parameters for this task
+    (and of ``family``, when given): the fixed subsets the benchmarks measure on."""
+    from ghn.archs.counting import count_params
+
+    return [i for i in range(len(archs)) if (not family or archs[i]["family"] == family)
+            and count_params(archs[i], num_classes, in_channels, image_size) <= max_params][:n]
 
 
 def machine() -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import small_archs, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torch.overrides import TorchFunctionMode
 
 CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -69,12 +69,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/conv_mix.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from ghn.archs.counting import count_params
     from ghn.archs.storage import ArchDataset
 
     val = ArchDataset("val")
-    todo = [i for i in range(len(val)) if val[i]["family"] == "cnn"
-            and count_params(val[i], 10, 1, 28) <= a.max_arch_params][:a.n]
+    todo = small_archs(val, a.n, a.max_arch_params, family="cnn")
     rec = _Record()
     with torch.no_grad(), rec:
         for i in todo:

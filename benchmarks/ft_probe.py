@@ -67,6 +67,7 @@ def step_response(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     import torch.nn.functional as F
 
     from ghn.fastconv import fast_convs
+    from ghn.training import clipped_step_scale
 
     half = len(labels) // 2
     model.train()
@@ -75,7 +76,7 @@ def step_response(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         loss0 = F.cross_entropy(torch.func.functional_call(model, p, (images[:half],)), labels[:half])
         gs = torch.autograd.grad(loss0, list(p.values()), allow_unused=True)
         gs = [torch.zeros_like(t) if g is None else g for t, g in zip(p.values(), gs)]
-        scale = lr * min(1.0, 5.0 / (float(torch.sqrt(sum(g.pow(2).sum() for g in gs))) + 1e-6))
+        scale = clipped_step_scale(gs, lr)
         with torch.no_grad():
             moved = {k: t - scale * g for (k, t), g in zip(p.items(), gs)}
             loss1 = F.cross_entropy(torch.func.functional_call(model, moved, (images[half:],)), labels[half:])

@@ -28,13 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure(n: int, max_arch_params: int, meta_batch: int, repeat: int, save_preds: str = "") -> float:
     """Seconds for the best of ``repeat`` forward + backward passes over the architectures (this process's ghn)."""
-    from ghn.archs.counting import count_params
+    from _results import small_archs
+
     from ghn.archs.storage import ArchDataset
     from ghn.graph import ArchGraph
     from ghn.hypernet import load_pretrained
 
     val = ArchDataset(str(ROOT / "data" / "val.jsonl.gz"))
-    todo = [i for i in range(len(val)) if count_params(val[i], 10, 1, 28) <= max_arch_params][:n]
+    todo = small_archs(val, n, max_arch_params)
     x = torch.zeros(2, 1, 28, 28)
     graphs = [ArchGraph.from_module(val.build(i, num_classes=10, in_channels=1, image_size=28), x) for i in todo]
     hyper = load_pretrained(str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))

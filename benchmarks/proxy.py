@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import DefaultInitCache, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, small_archs, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.plot import no_harm
 
@@ -70,7 +70,6 @@ def eval_design(a, ckpt: Path) -> dict:
     from ghn.evaluation import evaluate_init, finetune
     from ghn.hypernet import GraphHyperNetwork
     from ghn.inspect import inspect_model
-    from ghn.space import count_params
 
     hyper = GraphHyperNetwork.load(ckpt)
     if a.eval_only and a.ghn_over:  # a decoding setting that keeps the tensors (e.g. --norm-scale)
@@ -80,7 +79,7 @@ def eval_design(a, ckpt: Path) -> dict:
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
     c, s = train.in_channels, train.image_size
     val = ArchDataset("val")
-    todo = [i for i in range(len(val)) if count_params(val[i], 10, c, s) <= a.max_arch_params][:a.n]
+    todo = small_archs(val, a.n, a.max_arch_params, c, s)
     x = torch.zeros(2, c, s, s)
     # Default init does not depend on the design: its results are cached per architecture and setting.
     cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json",

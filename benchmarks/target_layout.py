@@ -27,7 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import small_archs, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.fastconv import fast_convs
 
@@ -58,13 +58,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/target_layout.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from ghn.archs.counting import count_params
     from ghn.archs.storage import ArchDataset
     from ghn.graph import ArchGraph
     from ghn.hypernet import GraphHyperNetwork
 
     val = ArchDataset("val")
-    todo = [i for i in range(len(val)) if count_params(val[i], 10, 1, 28) <= a.max_arch_params][:a.n]
+    todo = small_archs(val, a.n, a.max_arch_params)
     torch.manual_seed(0)
     hyper = GraphHyperNetwork()
     x, y = torch.randn(a.batch_size, 1, 28, 28), torch.randint(0, 10, (a.batch_size,))

@@ -246,6 +246,13 @@ class Lookahead(NamedTuple):
     ys: torch.Tensor  # [steps, B]     the gradient on the training step's own batch)
 
 
+def clipped_step_scale(grads: Sequence[torch.Tensor], lr: float, max_norm: float = 5.0) -> float:
+    """The factor of a plain SGD step ``-factor * grads`` at ``lr`` with the gradient norm clipped to ``max_norm`` (as
+    ``ghn.evaluation.finetune`` clips); NaN when the gradient is not finite."""
+    norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    return lr * min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else float("nan")
+
+
 def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[torch.Tensor],
                     g0: Sequence[torch.Tensor], la: Lookahead, logit_norm: float = 0.0, channels_last: bool = False
                     ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
@@ -257,10 +264,9 @@ def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[
     theta = [t.detach() for t in theta0]
     g = [h.detach() for h in g0]
     for k in range(la.steps):
-        norm = torch.sqrt(sum(h.pow(2).sum() for h in g))
-        if not bool(torch.isfinite(norm)):
-            return norm, None
-        scale = la.lr * min(1.0, 5.0 / (float(norm) + 1e-6))
+        scale = clipped_step_scale(g, la.lr)
+        if not math.isfinite(scale):
+            return g[0].new_tensor(float("nan")), None
         theta = [(t - scale * h).requires_grad_() for t, h in zip(theta, g)]
         params = {n: t for t, i in zip(theta, names) for n in names[i]}
         ce, *_ = _arch_loss(model, params, la.xs[k], la.ys[k], logit_norm, channels_last)
