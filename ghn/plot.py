@@ -15,7 +15,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 
 def _plt():
@@ -93,11 +93,22 @@ def plot_curve(log: str, out: str, smooth: int = 20, cores: int = 1) -> str:
     return _save(fig, out)
 
 
-def _rows(path: str) -> List[Dict[str, Any]]:
-    doc = json.loads(Path(path).read_text())
-    rows = doc["rows"] if isinstance(doc, dict) else doc
-    if not rows:
-        raise ValueError(f"{path}: no per-architecture rows")
+def _rows(paths: Union[str, Sequence[str]]) -> List[Dict[str, Any]]:
+    """The per-architecture rows of one or more results files (e.g. two halves of one evaluation run by two
+    processes); an architecture in two of them is an error, not a silent duplicate."""
+    rows: List[Dict[str, Any]] = []
+    seen: Dict[Tuple[Any, Any], str] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        doc = json.loads(Path(path).read_text())
+        part = doc["rows"] if isinstance(doc, dict) else doc
+        if not part:
+            raise ValueError(f"{path}: no per-architecture rows")
+        for r in part:
+            key = (r.get("split"), r.get("index"))
+            if key[1] is not None and key in seen:
+                raise ValueError(f"architecture {key[0]}/{key[1]} is in both {seen[key]} and {path}")
+            seen[key] = path
+        rows += part
     return rows
 
 
@@ -118,7 +129,7 @@ def _pairs(rows: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
     return out
 
 
-def plot_scatter(results: str, out: str) -> str:
+def plot_scatter(results: Union[str, Sequence[str]], out: str) -> str:
     """Predicted vs default-init top-1 per architecture: no training, and after each fine-tuning budget."""
     plt = _plt()
     rows = _rows(results)
@@ -140,7 +151,7 @@ def plot_scatter(results: str, out: str) -> str:
     return _save(fig, out)
 
 
-def plot_families(results: str, out: str) -> str:
+def plot_families(results: Union[str, Sequence[str]], out: str) -> str:
     """Mean top-1 per family (and norm), predicted vs default, with no training."""
     plt = _plt()
     rows = _rows(results)
@@ -170,7 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ghn.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=("curve", "scatter", "families"))
-    p.add_argument("input", help="log.jsonl (curve) or a results .json with per-architecture rows")
+    p.add_argument("input", nargs="+", help="log.jsonl (curve) or results .json files with per-architecture rows "
+                                            "(scatter, families: several are plotted together)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--smooth", type=int, default=20, help="curve: moving-mean window in logged records")
     p.add_argument("--cores", type=int, default=1,
@@ -179,7 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.kind == "curve":
-            path = plot_curve(a.input, a.out, a.smooth, a.cores)
+            if len(a.input) != 1:
+                raise ValueError("curve: one log.jsonl")
+            path = plot_curve(a.input[0], a.out, a.smooth, a.cores)
         else:
             path = (plot_scatter if a.kind == "scatter" else plot_families)(a.input, a.out)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:

@@ -65,3 +65,21 @@ def test_curve_marks_where_a_resume_switched_the_direction_cap(tmp_path, monkeyp
     marks = [ln.get_xdata()[0] for a in figs[0].axes for ln in a.get_lines() if ln.get_linestyle() == ":"]
     assert len(marks) == 4 and marks[0] == marks[2] == 50  # the last uncapped step, on every panel (step, hours)
     assert any("0 -> 0.25" in t.get_text() for a in figs[0].axes for t in a.texts)
+
+
+def test_scatter_and_families_read_several_results_files_and_refuse_an_architecture_in_two(tmp_path, monkeypatch):
+    from ghn.plot import _rows
+
+    row = lambda i: {"split": "test", "index": i, "family": "cnn", "norm": "bn", "acc_pred": 0.3,  # noqa: E731
+                     "acc_default": 0.1, "ft1_pred": 0.8, "ft1_default": 0.79}
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    a.write_text(json.dumps({"rows": [row(1), row(2)]}))
+    b.write_text(json.dumps({"rows": [row(3)]}))
+    c.write_text(json.dumps({"rows": [row(2)]}))
+    assert [r["index"] for r in _rows([str(a), str(b)])] == [1, 2, 3]
+    for kind in ("scatter", "families"):
+        assert main([kind, str(a), str(b), "--out", str(tmp_path / f"{kind}.png")]) == 0
+    with pytest.raises(ValueError, match="test/2 is in both"):
+        _rows([str(a), str(c)])
+    assert main(["scatter", str(a), str(c), "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["curve", str(a), str(b), "--out", str(tmp_path / "x.png")]) == 2
