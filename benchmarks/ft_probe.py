@@ -80,7 +80,7 @@ def step_response(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         with torch.no_grad():
             moved = {k: t - scale * g for (k, t), g in zip(p.items(), gs)}
             loss1 = F.cross_entropy(torch.func.functional_call(model, moved, (images[half:],)), labels[half:])
-    return float(loss0), float(loss1)
+    return float(loss0.detach()), float(loss1)
 
 
 def parse_overrides(variant: str) -> dict:
