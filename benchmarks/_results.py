@@ -131,6 +131,18 @@ class PartialRows:
     def rows(self) -> dict:
         return dict(self._rows)
 
+    def adopt(self, other: Union[str, Path]) -> int:
+        """Copy into this file the rows of another run's partial file written under the same settings (e.g. the
+        second process of an evaluation split in two) that this one does not have yet; returns how many. A file of
+        other settings is refused, as on resume."""
+        lines = [json.loads(x) for x in Path(other).read_text().splitlines() if x.strip()]
+        if not lines or lines[0].get("settings") != self.settings:
+            raise SystemExit(f"error: {other} holds rows of a run with other settings than {self.path}")
+        new = [r for r in lines[1:] if self._key(r) not in self._rows]
+        for r in new:
+            self.add(r)
+        return len(new)
+
     def add(self, row: dict) -> dict:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

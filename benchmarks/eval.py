@@ -170,6 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--procs", type=int, default=1, help="architectures evaluated in parallel (processes)")
     p.add_argument("--out", default=None)
+    p.add_argument("--rows-from", nargs="+", default=[], metavar="PARTIAL",
+                   help="also take the finished rows of these .partial.jsonl files of the same settings (another "
+                        "process that took the list from the other end): they are copied into this run's rows")
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the rows of a stopped evaluation "
                    "in <out>.partial.jsonl instead of resuming from them")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -202,6 +205,8 @@ def main(argv=None) -> int:
     out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
     partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), ("split", "index"),
                           fresh=a.fresh)
+    for other in a.rows_from:
+        print(f"adopted {partial.adopt(other)} rows from {other}", flush=True)
     done = partial.rows()
     left = [t for t in todo if t not in done]
     if done:

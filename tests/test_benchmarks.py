@@ -291,6 +291,43 @@ def test_eval_resumes_a_stopped_evaluation_from_its_partial_rows(tmp_path, monke
     assert ev.main(argv + ["--fresh"]) == 0 and len(calls) == 6
 
 
+def test_eval_takes_the_rows_of_a_second_process_that_ran_the_list_from_the_other_end(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("eval", None)
+    import eval as ev
+
+    calls = []
+
+    def fake_eval(item, stop_at=None):
+        if item == stop_at:
+            raise KeyboardInterrupt
+        calls.append(item)
+        return {"split": item[0], "index": item[1], "spec": {"family": "cnn", "norm": "bn"}, "params": 1000,
+                "acc_pred": 0.3 + item[1] / 100, "acc_default": 0.1}
+
+    monkeypatch.setattr(ev, "_setup", lambda a: None)
+    common = ["--split", "val", "--epochs", "--default-cache", "none"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    monkeypatch.setattr(ev, "_eval_arch", lambda item: fake_eval(item, stop_at=("val", 1)))
+    with pytest.raises(KeyboardInterrupt):  # the first process did val 0, the second (reversed list) val 3 and 2
+        ev.main(common + ["--indices", "0", "1", "2", "3", "--out", str(first)])
+    with pytest.raises(KeyboardInterrupt):
+        ev.main(common + ["--indices", "3", "2", "1", "0", "--out", str(second)])
+    assert calls == [("val", 0), ("val", 3), ("val", 2)]
+    monkeypatch.setattr(ev, "_eval_arch", fake_eval)
+    assert ev.main(common + ["--indices", "0", "1", "2", "3", "--out", str(first),
+                             "--rows-from", str(tmp_path / "b.json.partial.jsonl")]) == 0
+    assert calls[3:] == [("val", 1)]  # only the architecture neither process finished
+    assert [r["index"] for r in json.loads(first.read_text())["rows"]] == [0, 1, 2, 3]
+    other = tmp_path / "c.partial.jsonl"
+    other.write_text(json.dumps({"settings": {"test_n": 5}}) + "\n")
+    with pytest.raises(SystemExit, match="other settings"):
+        ev.main(common + ["--indices", "0", "--out", str(tmp_path / "d.json"), "--rows-from", str(other)])
+
+
 def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkeypatch):
     import json
     import sys
