@@ -11,7 +11,8 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
   after one SGD step of lr 0.2 (gradient norm clipped at 5) from it: how sharp the init is. Default init's loss
   barely moves; a predicted init whose loss jumps is kicked out of its basin by the first fine-tuning steps;
 - ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data orders for every variant), the mean
-  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding);
+  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding),
+  and ``ft_erank``: the classifier features' effective rank at the end of those steps;
   ``--steps 0`` skips fine-tuning: a screen of many decodings in seconds per architecture.
 
 A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales every predicted matrix to the RMS of
@@ -117,6 +118,8 @@ def summarize(rows: list) -> dict:
             gaps = [r["ft"] - base[r["index"]] for r in rs]
             out[v].update(ft=sum(r["ft"] for r in rs) / len(rs), ft_gap=sum(gaps) / len(gaps),
                           holds=sum(no_harm(r["ft"], base[r["index"]]) for r in rs))
+        if all("ft_erank" in r for r in rs):
+            out[v]["ft_erank"] = sum(r["ft_erank"] for r in rs) / len(rs)
     return out
 
 
@@ -201,15 +204,16 @@ def main(argv=None) -> int:
                    "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
             row["loss0"], row["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
             row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
-            fts = []
+            fts, ft_ranks = [], []
             # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
             for seed in range(a.seeds if a.steps > 0 else 0):
                 m = fresh()
                 m.load_state_dict(state)
                 finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps, seed=seed)
                 fts.append(evaluate_init(m, train, test, calib_batches=5))
-            if fts:
-                row["ft"] = sum(fts) / len(fts)
+                ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
+            if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with
+                row["ft"], row["ft_erank"] = sum(fts) / len(fts), sum(ft_ranks) / len(ft_ranks)
             if len(fts) > 1:
                 row["ft_seeds"] = fts
             rows.append(partial.add(row))
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
     summary = summarize(rows)
     for v, x in summary.items():
         ft = (f"  ft {100 * x['ft']:5.1f}  gap {100 * x['ft_gap']:+5.1f}  holds {x['holds']}/{x['n']}"
-              if "ft" in x else "")
+              if "ft" in x else "") + (f"  erank after {x['ft_erank']:5.1f}" if "ft_erank" in x else "")
         sharp = f"  loss {x['loss0']:.2f} -> {x['step_loss']:.2f} after a step" if "step_loss" in x else ""
         print(f"{v:40s} n {x['n']:3d}  acc0 {100 * x['acc0']:5.1f}  feat_erank {x['feat_erank']:5.1f}{sharp}{ft}")
     write_results(out, {"args": vars(a), "summary": summary, "rows": rows})

@@ -373,6 +373,10 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
     assert doc["summary"]["default"]["n"] == 2 and doc["summary"]["default"]["ft_gap"] == 0.0
     assert doc["summary"]["pred"]["holds"] == sum(  # fine-tuning replaced: ft is the no-training top-1
         r["acc0"] >= d["acc0"] - 0.005 for r, d in zip(doc["rows"][1::2], doc["rows"][::2]))
+    for r in doc["rows"]:  # fine-tuning replaced: the features it ends with are those it started from
+        assert r["ft_erank"] == pytest.approx(r["feat_erank"], rel=1e-4)
+    pred_rows = doc["rows"][1::2]
+    assert doc["summary"]["pred"]["ft_erank"] == pytest.approx(sum(r["ft_erank"] for r in pred_rows) / 2)
     n_runs, out0 = len(runs), tmp_path / "screen.json"
     assert ft_probe.main(argv + ["--steps", "0", "--out", str(out0)]) == 0  # a screen: no fine-tuning at all
     doc0 = json.loads(out0.read_text())
