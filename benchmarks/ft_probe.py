@@ -10,8 +10,9 @@ overrides such as ``noise_share=0.5`` or ``max_pred_share=0.25+noise_share=0.25`
 - ``loss0`` / ``step_loss``: training-mode cross-entropy on 128 training images at the init, and on another 128
   after one SGD step of lr 0.2 (gradient norm clipped at 5) from it: how sharp the init is. Default init's loss
   barely moves; a predicted init whose loss jumps is kicked out of its basin by the first fine-tuning steps;
-- ``ft``: top-1 after ``--steps`` SGD steps (lr 0.05, batch 128, the same data orders for every variant), the mean
-  over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with float rounding),
+- ``ft``: top-1 after ``--steps`` SGD steps (``--lr``, 0.05 as eval.py; batch 128, the same data orders for every
+  variant), the mean over ``--seeds`` data orders (one 100-step run of a LayerNorm CNN moves by several points with
+  float rounding),
   and ``ft_erank``: the classifier features' effective rank at the end of those steps;
   ``--steps 0`` skips fine-tuning: a screen of many decodings in seconds per architecture.
 
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["default", "pred", "noise_share=0.5"])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--test-n", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=0.05, help="fine-tuning learning rate (SGD, as eval.py)")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning data orders per variant; `ft` is their mean")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ft_probe.json"))
@@ -170,7 +172,8 @@ def main(argv=None) -> int:
     out = Path(a.out)
     partial = PartialRows(out.with_name(out.name + ".partial.jsonl"),
                           {"ghn_fingerprint": ghn_fingerprint(a.ckpt), "split": a.split, "steps": a.steps,
-                           "test_n": a.test_n, "seeds": a.seeds, "threads": a.threads, "torch": torch.__version__},
+                           "test_n": a.test_n, "seeds": a.seeds, "threads": a.threads, "torch": torch.__version__,
+                           **({"lr": a.lr} if a.lr != 0.05 else {})},  # older partial files keep resuming
                           ("index", "variant"), fresh=a.fresh)
     done = partial.rows()
     if done:
@@ -209,7 +212,7 @@ def main(argv=None) -> int:
             for seed in range(a.seeds if a.steps > 0 else 0):
                 m = fresh()
                 m.load_state_dict(state)
-                finetune(m, train, epochs=1, lr=0.05, max_steps=a.steps, seed=seed)
+                finetune(m, train, epochs=1, lr=a.lr, max_steps=a.steps, seed=seed)
                 fts.append(evaluate_init(m, train, test, calib_batches=5))
                 ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
             if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with

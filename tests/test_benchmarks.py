@@ -346,8 +346,11 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
 
     runs = []
 
+    lrs = []
+
     def fake_finetune(m, *args, stop_at=None, **kw):  # the minutes of fine-tuning, replaced
         runs.append(len(runs))
+        lrs.append(kw["lr"])
         if len(runs) == stop_at:
             raise KeyboardInterrupt  # a session's end
 
@@ -382,6 +385,10 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
     doc0 = json.loads(out0.read_text())
     assert len(runs) == n_runs and all("ft" not in r for r in doc0["rows"]) and "ft" not in doc0["summary"]["pred"]
     assert [r["acc0"] for r in doc0["rows"]] == [r["acc0"] for r in doc["rows"]]
+    assert set(lrs) == {0.05}
+    out2 = tmp_path / "lr.json"
+    assert ft_probe.main(argv + ["--lr", "0.02", "--indices", "107", "--out", str(out2)]) == 0
+    assert lrs[-2:] == [0.02, 0.02] and json.loads(out2.read_text())["args"]["lr"] == 0.02
     partial.write_text(json.dumps({"settings": {"steps": 5}}) + "\n")  # a stopped probe with other settings
     with pytest.raises(SystemExit, match="other settings"):
         ft_probe.main(argv)
