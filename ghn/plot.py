@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -125,8 +126,18 @@ def _pairs(rows: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
     keys = {k[:-len("_pred")] for r in rows for k in r if k.endswith("_pred") and k != "acc_pred"}
     for k in sorted(keys):
         if all(f"{k}_default" in r for r in rows if f"{k}_pred" in r):
-            out.append((k.replace("ft", "fine-tuned ").strip(), f"{k}_pred", f"{k}_default"))
+            out.append((_budget_label(k), f"{k}_pred", f"{k}_default"))
     return out
+
+
+def _budget_label(key: str) -> str:
+    """``ft1`` -> "after 1 epoch", ``ft100s`` -> "after 100 SGD steps" (eval.py's result keys); others as they are."""
+    m = re.fullmatch(r"ft([0-9.]+)(s?)", key)
+    if not m:
+        return key
+    n, steps = m.groups()
+    unit = "SGD step" if steps else "epoch"
+    return f"after {n} {unit}{'' if n == '1' else 's'}"
 
 
 def plot_scatter(results: Union[str, Sequence[str]], out: str) -> str:

@@ -83,3 +83,11 @@ def test_scatter_and_families_read_several_results_files_and_refuse_an_architect
         _rows([str(a), str(c)])
     assert main(["scatter", str(a), str(c), "--out", str(tmp_path / "x.png")]) == 2
     assert main(["curve", str(a), str(b), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_fine_tuning_panels_are_titled_by_their_budget():
+    from ghn.plot import _pairs
+
+    rows = [{"acc_pred": 0.3, "acc_default": 0.1, "ft1_pred": 0.8, "ft1_default": 0.7, "ft100s_pred": 0.6,
+             "ft100s_default": 0.5}]
+    assert [p[0] for p in _pairs(rows)] == ["no training", "after 1 epoch", "after 100 SGD steps"]
