@@ -8,7 +8,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 
@@ -99,6 +99,17 @@ def ghn_fingerprint(ckpt: Union[str, Path, None]) -> str:
     return checkpoint_fingerprint(path)
 
 
+def _complete_lines(path: Path) -> Tuple[List[str], bool]:
+    """The non-empty lines of a partial-rows file without a torn last one (a process killed mid-append), and
+    whether there was one."""
+    text = [x for x in path.read_text().splitlines() if x.strip()]
+    try:
+        json.loads(text[-1]) if text else None
+    except json.JSONDecodeError:
+        return text[:-1], True
+    return text, False
+
+
 class PartialRows:
     """Rows of a long benchmark appended one JSON line each as they finish, after a header of the settings.
 
@@ -110,11 +121,8 @@ class PartialRows:
         self.path, self.settings, self.key = Path(path), json.loads(json.dumps(settings)), tuple(key)
         self._rows: dict = {}
         if self.path.is_file() and not fresh:
-            text = [x for x in self.path.read_text().splitlines() if x.strip()]
-            try:
-                json.loads(text[-1]) if text else None
-            except json.JSONDecodeError:  # a process killed mid-append: that row is computed again
-                text = text[:-1]
+            text, torn = _complete_lines(self.path)
+            if torn:  # a process killed mid-append: that row is computed again
                 self.path.write_text("".join(x + "\n" for x in text))
             lines = [json.loads(x) for x in text]
             if not lines or lines[0].get("settings") != self.settings:
@@ -135,7 +143,7 @@ class PartialRows:
         """Copy into this file the rows of another run's partial file written under the same settings (e.g. the
         second process of an evaluation split in two) that this one does not have yet; returns how many. A file of
         other settings is refused, as on resume."""
-        lines = [json.loads(x) for x in Path(other).read_text().splitlines() if x.strip()]
+        lines = [json.loads(x) for x in _complete_lines(Path(other))[0]]
         if not lines or lines[0].get("settings") != self.settings:
             raise SystemExit(f"error: {other} holds rows of a run with other settings than {self.path}")
         new = [r for r in lines[1:] if self._key(r) not in self._rows]

@@ -318,6 +318,8 @@ def test_eval_takes_the_rows_of_a_second_process_that_ran_the_list_from_the_othe
         ev.main(common + ["--indices", "3", "2", "1", "0", "--out", str(second)])
     assert calls == [("val", 0), ("val", 3), ("val", 2)]
     monkeypatch.setattr(ev, "_eval_arch", fake_eval)
+    with (tmp_path / "b.json.partial.jsonl").open("a") as f:
+        f.write('{"split": "val", "index": 1, "acc_')  # the second process killed mid-append: that row is not taken
     assert ev.main(common + ["--indices", "0", "1", "2", "3", "--out", str(first),
                              "--rows-from", str(tmp_path / "b.json.partial.jsonl")]) == 0
     assert calls[3:] == [("val", 1)]  # only the architecture neither process finished
