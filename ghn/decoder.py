@@ -97,7 +97,7 @@ class LowRankDecoder(nn.Module):
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
                  default_scale_under_norm: bool = True, equal_rows: str = "none",
                  max_dir_ratio: float = 0.0, free_rows: float = 0.0,
-                 norm_fed_scale: float = 1.0):  # GHNConfig's defaults
+                 norm_fed_scale: float = 1.0, max_dir_ratio_loose: float = 0.0):  # GHNConfig's defaults
         super().__init__()
         if not norm_fed_scale > 0:
             raise ValueError(f"norm_fed_scale must be > 0, got {norm_fed_scale}")
@@ -110,6 +110,9 @@ class LowRankDecoder(nn.Module):
         if max_dir_ratio > 0 and not base:
             raise ValueError("max_dir_ratio caps the mixing angle of the base design: it needs base=True")
         self.max_dir_ratio = max_dir_ratio
+        if max_dir_ratio_loose < 0 or (max_dir_ratio_loose > 0 and max_dir_ratio == 0):
+            raise ValueError(f"max_dir_ratio_loose must be >= 0 and needs max_dir_ratio > 0, got {max_dir_ratio_loose}")
+        self.max_dir_ratio_loose = max_dir_ratio_loose
         if equal_rows not in EQUAL_ROWS:
             raise ValueError(f"equal_rows must be one of {EQUAL_ROWS}, got {equal_rows!r}")
         self.equal_rows = equal_rows
@@ -165,14 +168,15 @@ class LowRankDecoder(nn.Module):
 
     # -- decoding --------------------------------------------------------------------------------------------
     def forward(self, node_emb: Tensor, refs: Sequence[ParamRef], trusted_ops: Optional[AbstractSet[str]] = None,
-                norm_fed: Optional[Sequence[bool]] = None) -> List[Tensor]:
+                norm_fed: Optional[Sequence[bool]] = None, loose: Optional[Sequence[bool]] = None) -> List[Tensor]:
         """Decode one tensor per ref (``node_emb[i]`` is the embedding of the node owning ``refs[i]``).
 
         Refs of the same shape and kind are decoded together in one batched einsum; the result for a ref does
         not depend on which other refs are in the batch. With ``trusted_ops`` (the op types the hypernetwork was
         trained on), a matrix of any other op type gets the neutral scale factor 1 (LeCun RMS): its learned factor
         would be an extrapolation (an image-trained hypernetwork never saw an embedding table). ``norm_fed[i]``
-        tells whether the output of ``refs[i]``'s node feeds normalisations only (``default_scale_under_norm``).
+        tells whether the output of ``refs[i]``'s node feeds normalisations only (``default_scale_under_norm``);
+        ``loose[i]`` whether ``refs[i]``'s model takes the looser direction cap ``max_dir_ratio_loose``.
         """
         if len(refs) == 0:
             return []
@@ -188,7 +192,8 @@ class LowRankDecoder(nn.Module):
             c = ctx[idx]
             if kind == "matrix":
                 fed = [bool(norm_fed[i]) for i in idx] if norm_fed is not None else None
-                jobs.append((idx, *self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed)))
+                lo = [bool(loose[i]) for i in idx] if loose is not None else None
+                jobs.append((idx, *self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed, lo)))
             else:
                 ws = self._vectors(c, shape[0] if shape else 1, kind)
                 for j, i in enumerate(idx):
@@ -201,7 +206,8 @@ class LowRankDecoder(nn.Module):
         return out
 
     def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef],
-                  trusted_ops: Optional[AbstractSet[str]] = None, norm_fed: Optional[Sequence[bool]] = None
+                  trusted_ops: Optional[AbstractSet[str]] = None, norm_fed: Optional[Sequence[bool]] = None,
+                  loose: Optional[Sequence[bool]] = None
                   ) -> Tuple[Optional[Tensor], Callable[[Optional[Tensor]], Tensor]]:
         """``(core, finish)``: with ``orth`` the r x r core of :func:`flat_low_rank` whose spectrum is still to be
         flattened (``forward`` does every group's in one :func:`newton_schulz_many` call), else None; ``finish``
@@ -225,21 +231,28 @@ class LowRankDecoder(nn.Module):
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
             q1, q2, core = low_rank_core(a, cols)
             return core, lambda flat: self._finish(
-                (q1 @ flat @ q2.transpose(1, 2)).to(a.dtype), c, shape, refs, scale, norm_fed)
+                (q1 @ flat @ q2.transpose(1, 2)).to(a.dtype), c, shape, refs, scale, norm_fed, loose)
         # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
         ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
         w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
-        return None, lambda _: self._finish(w, c, shape, refs, scale, norm_fed)
+        return None, lambda _: self._finish(w, c, shape, refs, scale, norm_fed, loose)
 
     def _finish(self, w: Tensor, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef], scale: Tensor,
-                norm_fed: Optional[Sequence[bool]]) -> Tensor:
+                norm_fed: Optional[Sequence[bool]], loose: Optional[Sequence[bool]] = None) -> Tensor:
         """The predicted low-rank part ``w`` [g, ...] of a group, mixed with the base and the noise floor, scaled."""
         g, n_out, n_in, kernel = c.shape[0], shape[0], shape[1], shape[2:]
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
             if self.max_dir_ratio > 0:
-                t = t.clamp(max=self._dir_cap_angle(min(n_out, n_in * math.prod(kernel))))
+                m = min(n_out, n_in * math.prod(kernel))
+                cap = self._dir_cap_angle(m, self.max_dir_ratio)
+                if self.max_dir_ratio_loose > 0 and loose is not None and any(loose):
+                    looser = self._dir_cap_angle(m, self.max_dir_ratio_loose)
+                    t = torch.minimum(t, torch.tensor([looser if lo else cap for lo in loose], device=t.device,
+                                                      dtype=t.dtype).view_as(t))
+                else:
+                    t = t.clamp(max=cap)
             z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)
             w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
@@ -254,13 +267,14 @@ class LowRankDecoder(nn.Module):
         w = w * scale.view(g, *([1] * (w.dim() - 1)))
         return w.reshape(g, n_out, n_in, *kernel)
 
-    def _dir_cap_angle(self, m: int) -> float:
+    def _dir_cap_angle(self, m: int, kappa: float) -> float:
         """The largest mixing angle at which each of the predicted part's ``rank`` directions carries at most
-        ``max_dir_ratio`` times the energy of each of the other ``m`` directions of the final matrix (after the
-        noise floor): ``f m / ((1 - f) r) <= kappa`` with ``f = (1 - noise_share) sin(t)^2``. The predicted part is
-        rank ``r`` whatever the width, so at a fixed share its directions grow ``m / r`` times stronger than the rest
-        on wide layers (a 512-channel conv: 4.7x at share 0.2); the cap keeps that ratio width-independent."""
-        kr = self.max_dir_ratio * min(self.rank, m)
+        ``kappa`` (``max_dir_ratio``) times the energy of each of the other ``m`` directions of the final matrix
+        (after the noise floor): ``f m / ((1 - f) r) <= kappa`` with ``f = (1 - noise_share) sin(t)^2``. The
+        predicted part is rank ``r`` whatever the width, so at a fixed share its directions grow ``m / r`` times
+        stronger than the rest on wide layers (a 512-channel conv: 4.7x at share 0.2); the cap keeps that ratio
+        width-independent."""
+        kr = kappa * min(self.rank, m)
         f_max = kr / (m + kr) / (1.0 - self.noise_share)
         return math.asin(math.sqrt(min(1.0, f_max)))
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ghn.features import NUM_NODE_FEATURES, shortest_path_edges  # noqa: F401  (re-exported)
-from ghn.ops import NORM_OPS
+from ghn.ops import CONV_OPS, NORM_OPS
 from ghn.tracing import (  # noqa: F401
     PARAM_KINDS,
     VECTOR_KINDS,
@@ -173,6 +173,12 @@ class ArchGraph:
         for src, dst in self.edges:
             succ.setdefault(src, []).append(self.nodes[dst].op)
         return {src for src, ops in succ.items() if all(op in NORM_OPS for op in ops)}
+
+    def conv_fed_norms(self) -> Set[str]:
+        """The normalisation op types fed directly by a convolution's output: ``{"batch_norm"}`` for a ResNet,
+        ``{"layer_norm"}`` for a LayerNorm CNN, empty for a transformer (its norms follow adds and linears)."""
+        return {self.nodes[dst].op for src, dst in self.edges
+                if self.nodes[src].op in CONV_OPS and self.nodes[dst].op in NORM_OPS}
 
     def param_refs(self) -> List[Tuple[int, ParamRef]]:
         """``(node index, ParamRef)`` for every parameter tensor to predict, in node order, tied uses excluded."""

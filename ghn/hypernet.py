@@ -75,6 +75,10 @@ class GHNConfig:
                                   # channels beside the coordinated ones
     norm_fed_scale: float = 1.0   # with default_scale_under_norm: those matrices at this times PyTorch's default RMS
                                   # (the same function; 1/scale^2 the effective fine-tuning learning rate)
+    max_dir_ratio_loose: float = 0.0  # > 0: the direction cap of models whose convolutions feed BatchNorm or no norm
+                                  # (BN and norm-free CNNs, transformers); max_dir_ratio stays the cap of CNNs
+                                  # normalised by LayerNorm/GroupNorm/InstanceNorm/RMSNorm, whose fine-tuning a
+                                  # looser cap harms; 0: max_dir_ratio for every model
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -108,7 +112,8 @@ def pop_config_overrides(args: Dict[str, Any]) -> Dict[str, Any]:
 LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": False, "max_pred_share": 1.0,
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
                                  "default_scale_under_norm": False, "equal_rows": "none",
-                                 "max_dir_ratio": 0.0, "free_rows": 0.0, "norm_fed_scale": 1.0}
+                                 "max_dir_ratio": 0.0, "free_rows": 0.0, "norm_fed_scale": 1.0,
+                                 "max_dir_ratio_loose": 0.0}
 
 
 @dataclass
@@ -162,7 +167,7 @@ class GraphHyperNetwork(nn.Module):
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
                                       c.noise_share, c.default_scale_under_norm, c.equal_rows,
-                                      c.max_dir_ratio, c.free_rows, c.norm_fed_scale)
+                                      c.max_dir_ratio, c.free_rows, c.norm_fed_scale, c.max_dir_ratio_loose)
 
     @property
     def task(self) -> Task:
@@ -234,16 +239,17 @@ class GraphHyperNetwork(nn.Module):
     def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
-        node_idx, refs, owner, fed = [], [], [], []
+        node_idx, refs, owner, fed, loose = [], [], [], [], []
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed = self.norm_fed_nodes(g)
+            norm_fed, lo = self.norm_fed_nodes(g), self.loose_cap(g)
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
                 fed.append(ni in norm_fed)
+                loose.append(lo)
         tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops,
-                               fed)
+                               fed, loose)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
         for gi, ref, t in zip(owner, refs, tensors):
             out[gi][ref.name] = t
@@ -257,6 +263,11 @@ class GraphHyperNetwork(nn.Module):
         c = self.config
         want = c.default_scale_under_norm or c.equal_rows == "norm_fed" or c.free_rows > 0
         return graph.norm_fed() if want else frozenset()
+
+    def loose_cap(self, graph: ArchGraph) -> bool:
+        """Whether ``graph`` takes the looser direction cap ``max_dir_ratio_loose``: set, and no convolution of it
+        feeds a LayerNorm/GroupNorm/InstanceNorm/RMSNorm (those CNNs keep ``max_dir_ratio``)."""
+        return self.config.max_dir_ratio_loose > 0 and not (graph.conv_fed_norms() - {"batch_norm"})
 
     def predict_params(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
                        strict: bool = True) -> Dict[str, Tensor]:
@@ -306,13 +317,15 @@ class GraphHyperNetwork(nn.Module):
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save(self, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> None:
-        """Save weights (safetensors) with the JSON config, format version, op vocabulary and a SHA-256 of the
-        tensor data in its metadata; written to a temporary file and renamed, so a crash never leaves half a file."""
+        """Save weights (safetensors) with the JSON config, format version, op vocabulary, ``extra`` (default: the
+        metadata it was loaded with, e.g. its task) and a SHA-256 of the tensor data in its metadata; written to a
+        temporary file and renamed, so a crash never leaves half a file."""
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": "ghn", "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(self.config)),
-                "op_types": json.dumps(list(OP_TYPES)), "extra": json.dumps(extra or {}),
+                "op_types": json.dumps(list(OP_TYPES)),
+                "extra": json.dumps(getattr(self, "extra", {}) if extra is None else extra),
                 "sha256": tensors_digest(state)}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ PARAM_OPS: FrozenSet[str] = frozenset({
 })
 
 NORM_OPS: FrozenSet[str] = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"})
+CONV_OPS: FrozenSet[str] = frozenset({"conv", "conv_depthwise", "conv_grouped", "conv_transpose"})
 
 # ----------------------------------------------------------------------------------------------------------------
 # torch function name (normalised: dunder and trailing '_' stripped, see ``normalize_func_name``) -> op type.

@@ -346,6 +346,46 @@ def test_max_dir_ratio_caps_the_predicted_part_on_wide_layers_only(tmp_path):
         GraphHyperNetwork(max_dir_ratio=0.5, base=False)
 
 
+def test_loose_cap_applies_to_models_whose_convolutions_feed_batchnorm_or_nothing(tmp_path):
+    g = make_ghn(base_kind="gaussian", noise_share=0.0, max_dir_ratio=0.5)
+    with torch.no_grad():
+        g.decoder.head_gate.bias.fill_(30.0)  # gate fully open: the cap binds on every wide matrix
+
+    def cnn(norm):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 64, 3), norm(64), nn.ReLU(), nn.Conv2d(64, 64, 3), norm(64), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4))
+
+    def gn(c):
+        return nn.GroupNorm(8, c)
+
+    x = torch.randn(2, 3, 12, 12)
+    graphs = {name: ArchGraph.from_module(cnn(n), x) for name, n in
+              [("bn", nn.BatchNorm2d), ("gn", gn), ("none", lambda c: nn.Identity())]}
+    assert graphs["bn"].conv_fed_norms() == {"batch_norm"} and graphs["gn"].conv_fed_norms() == {"group_norm"}
+    assert graphs["none"].conv_fed_norms() == set()
+    mlp = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64), nn.Linear(64, 4))  # a norm after a linear: not a CNN's
+    assert ArchGraph.from_module(mlp, torch.randn(2, 8)).conv_fed_norms() == set()
+
+    hybrid = g.with_config(max_dir_ratio_loose=4.0)
+    looser = g.with_config(max_dir_ratio=4.0)
+    assert [hybrid.loose_cap(graphs[k]) for k in ("bn", "gn", "none")] == [True, False, True]
+    assert not g.loose_cap(graphs["bn"])  # off by default
+    for norm, like in [(nn.BatchNorm2d, looser), (gn, g)]:  # BN CNN decoded as at 4.0, GN CNN as at 0.5
+        want, got = like.predict_params(cnn(norm), x), hybrid.predict_params(cnn(norm), x)
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    a, b = g.predict_params(cnn(nn.BatchNorm2d), x), hybrid.predict_params(cnn(nn.BatchNorm2d), x)
+    assert not torch.equal(a["3.weight"], b["3.weight"])  # the 64-wide conv: the looser cap binds less
+    # several models in one batch (training) decode each under its own cap
+    both = hybrid([graphs["bn"], graphs["gn"]])  # (equal up to summation order: batched matmuls)
+    assert torch.allclose(both[0]["3.weight"], looser.predict_params(cnn(nn.BatchNorm2d), x)["3.weight"], atol=1e-6)
+    assert torch.allclose(both[1]["3.weight"], g.predict_params(cnn(gn), x)["3.weight"], atol=1e-6)
+    hybrid.save(tmp_path / "h.safetensors")
+    assert GraphHyperNetwork.load(tmp_path / "h.safetensors").config.max_dir_ratio_loose == 4.0
+    with pytest.raises(ValueError, match="needs max_dir_ratio > 0"):
+        GraphHyperNetwork(max_dir_ratio_loose=0.5)
+
+
 def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):
     ghn = make_ghn()
     with torch.no_grad():

@@ -104,3 +104,9 @@ def test_predict_cli_max_dir_ratio_decodes_like_with_config(run, ckpt, tmp_path)
     assert not torch.allclose(weights["blocks.0.0.weight"], plain["blocks.0.0.weight"].detach())
     r = run("--model", "models:TinyCNN", "--ckpt", str(ckpt), "--max-dir-ratio", "-1")
     assert r.returncode != 0 and "max_dir_ratio must be >= 0" in r.stderr
+    # a checkpoint with a looser cap for some models: --max-dir-ratio is one cap for every model
+    g.with_config(max_dir_ratio=0.25, max_dir_ratio_loose=4.0).save(tmp_path / "loose.safetensors")
+    r = run("--model", "models:TinyCNN", "--ckpt", str(tmp_path / "loose.safetensors"), "--out", str(out),
+            "--max-dir-ratio", "0.01")
+    assert r.returncode == 0, r.stderr
+    torch.testing.assert_close(load_file(str(out))["fc.weight"], capped["fc.weight"].detach())

@@ -194,13 +194,15 @@ def test_recurrent(hyper, cls):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
-@pytest.mark.parametrize("which", ["fresh", "shipped"])  # shipped: trusted op types and norm-fed scales matter
-def test_meta_model_is_materialised_group_by_group(hyper, which):
+@pytest.mark.parametrize("which", ["fresh", "shipped", "loose"])  # shipped: trusted op types and norm-fed scales
+def test_meta_model_is_materialised_group_by_group(hyper, which):  # loose: the looser direction cap of the model
     from ghn.hypernet import load_pretrained
     from ghn.predefined import gpt_tiny
     from ghn.streaming import materialize
 
     hyper = hyper if which == "fresh" else load_pretrained()
+    if which == "loose":
+        hyper = hyper.with_config(max_dir_ratio=0.25, max_dir_ratio_loose=1.0)
 
     torch.manual_seed(0)
     real = gpt_tiny()
