@@ -244,15 +244,12 @@ class LowRankDecoder(nn.Module):
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
-            if self.max_dir_ratio > 0:
+            if self.max_dir_ratio > 0:  # per tensor: its model may take the looser cap
                 m = min(n_out, n_in * math.prod(kernel))
-                cap = self._dir_cap_angle(m, self.max_dir_ratio)
-                if self.max_dir_ratio_loose > 0 and loose is not None and any(loose):
-                    looser = self._dir_cap_angle(m, self.max_dir_ratio_loose)
-                    t = torch.minimum(t, torch.tensor([looser if lo else cap for lo in loose], device=t.device,
-                                                      dtype=t.dtype).view_as(t))
-                else:
-                    t = t.clamp(max=cap)
+                kappas = [self.max_dir_ratio_loose if lo and self.max_dir_ratio_loose > 0 else self.max_dir_ratio
+                          for lo in (loose if loose is not None else [False] * g)]
+                t = torch.minimum(t, torch.tensor([self._dir_cap_angle(m, k) for k in kappas], device=t.device,
+                                                  dtype=t.dtype).view_as(t))
             z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)
             w = torch.cos(t) * z + torch.sin(t) * w
             w = w / _rms(w)
