@@ -42,7 +42,7 @@ from ghn.hypernet import GHNConfig, GraphHyperNetwork
 from ghn.task import Task
 
 __all__ = ["TrainConfig", "TrainerState", "Trainer", "train", "resume_config", "robust_mean", "standardize_logits",
-           "ArchLosses", "classifier_layer", "participation_ratio", "meta_batch_loss", "pack_meta_batch",
+           "ArchLosses", "Distill", "classifier_layer", "participation_ratio", "meta_batch_loss", "pack_meta_batch",
            "parse_arch_filter", "select_archs", "step_rng"]
 
 
@@ -73,6 +73,10 @@ class TrainConfig:
     lookahead_steps: int = 0          # > 0 (with arch_grad_norm): also train on the loss after this many plain SGD
                                       # steps of each target network from its predicted weights (first-order)
     lookahead_lr: float = 0.2         # learning rate of those steps (gradient norm clipped at 5, as in fine-tuning)
+    distill: str = ""                 # teacher logits of the training images (python -m ghn.teacher): each
+                                      # architecture's loss becomes (1 - a) CE + a T^2 KL(teacher || predicted net)
+    distill_alpha: float = 0.5        # a: weight of the distillation term
+    distill_temp: float = 2.0         # T: temperature of both softmaxes in it
     workers: int = 0                  # processes building architectures (models + graphs) ahead of the step
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
@@ -94,7 +98,7 @@ class TrainConfig:
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
                 "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
                 "feat_rank", "channels_last", "lookahead_steps", "lookahead_lr", "max_arch_params", "pool_size",
-                "arch_filter")
+                "arch_filter", "distill", "distill_alpha", "distill_temp")
 # hypernetwork settings a resume may switch: decoding dials with no parameters of their own (the weights, optimizer,
 # schedule and data order continue; later checkpoints store the new value, so their resumes stay exact)
 RESUME_SWITCHABLE = ("max_dir_ratio",)
@@ -161,10 +165,18 @@ def standardize_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor
     return z / (z.std(-1, keepdim=True) + 1e-5) * temperature
 
 
+class Distill(NamedTuple):
+    """Soft targets of one batch (``TrainConfig.distill_*``): the objective is ``(1 - alpha) CE + alpha T^2 KL``."""
+
+    logits: torch.Tensor  # the teacher's logits of the batch's images, [B, classes]
+    alpha: float
+    temp: float
+
+
 class ArchLosses(NamedTuple):
     """Per-architecture results of one meta-batch, each ``[n]``."""
 
-    losses: torch.Tensor   # the trained objective: cross-entropy plus the feature term (if on)
+    losses: torch.Tensor   # the trained objective: cross-entropy, or its mix with distillation, plus the feature term
     accs: torch.Tensor     # top-1 on the batch (detached)
     ce: torch.Tensor       # cross-entropy (detached)
     feat_pr: torch.Tensor  # participation ratio of the classifier's input features (detached; NaN: no classifier)
@@ -195,16 +207,17 @@ def participation_ratio(f: torch.Tensor) -> torch.Tensor:
 
 def meta_batch_loss(ghn: nn.Module, models: List[nn.Module], graphs: List[ArchGraph], x: torch.Tensor,
                     y: torch.Tensor, batch=None, logit_norm: float = 0.0, channels_last: bool = False,
-                    feat_rank: float = 0.0) -> ArchLosses:
+                    feat_rank: float = 0.0, distill: Optional[Distill] = None) -> ArchLosses:
     """Per-architecture losses of the predicted networks (:class:`ArchLosses`).
 
     With ``logit_norm > 0`` the loss sees standardised logits (:func:`standardize_logits`): shrinking every
     classifier towards constant outputs no longer lowers it, the shortcut that stalls training at chance level.
     With ``feat_rank > 0`` it adds ``-feat_rank * log(participation_ratio(classifier input))``: features that span
-    few directions fine-tune badly, however well they separate the classes (docs/DESIGN.md).
+    few directions fine-tune badly, however well they separate the classes (docs/DESIGN.md). With ``distill`` the
+    cross-entropy is mixed with a distillation term (:class:`Distill`).
     """
     preds = ghn(graphs, batch)
-    return _stack([_arch_loss(model, params, x, y, logit_norm, channels_last, feat_rank)
+    return _stack([_arch_loss(model, params, x, y, logit_norm, channels_last, feat_rank, distill)
                    for model, params in zip(models, preds)])
 
 
@@ -213,8 +226,8 @@ def _stack(out: List[Tuple[torch.Tensor, ...]]) -> ArchLosses:
 
 
 def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-               logit_norm: float, channels_last: bool = False, feat_rank: float = 0.0
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               logit_norm: float, channels_last: bool = False, feat_rank: float = 0.0,
+               distill: Optional[Distill] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(objective, accuracy, cross-entropy, feature participation ratio)`` of one predicted network."""
     if channels_last:  # conv weights (and images) in NHWC: mkldnn's faster CPU path, float rounding aside
         cl = torch.channels_last
@@ -231,9 +244,14 @@ def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tenso
     if logit_norm > 0:
         logits = standardize_logits(logits, logit_norm)
     ce = F.cross_entropy(logits, y)
+    loss = ce
+    if distill is not None and distill.alpha > 0:
+        from ghn.teacher import distill_loss
+
+        loss = (1 - distill.alpha) * ce + distill.alpha * distill_loss(logits, distill.logits, distill.temp)
     with torch.set_grad_enabled(feat_rank > 0 and torch.is_grad_enabled()):  # only logged when the term is off
         pr = participation_ratio(feats[-1]) if feats and len(x) > 2 else ce.new_tensor(float("nan"))
-    loss = ce - feat_rank * pr.log() if feat_rank > 0 and bool(torch.isfinite(pr)) else ce
+    loss = loss - feat_rank * pr.log() if feat_rank > 0 and bool(torch.isfinite(pr)) else loss
     return loss, (logits.argmax(-1) == y).float().mean(), ce.detach(), pr.detach()
 
 
@@ -278,7 +296,8 @@ def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[
 
 def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.Module], x: torch.Tensor,
                           y: torch.Tensor, logit_norm: float = 0.0, channels_last: bool = False,
-                          feat_rank: float = 0.0, lookahead: Optional["Lookahead"] = None):
+                          feat_rank: float = 0.0, lookahead: Optional["Lookahead"] = None,
+                          distill: Optional[Distill] = None):
     """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
 
     Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
@@ -297,7 +316,7 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
         uniq = {id(t): t for t in params.values()}  # tied aliases share one tensor
         leaf = {i: t.detach().requires_grad_() for i, t in uniq.items()}
         loss, *rest = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm,
-                                 channels_last, feat_rank)
+                                 channels_last, feat_rank, distill)
         if not bool(torch.isfinite(loss)):
             out.append((loss.detach(), *rest) + ((loss.detach(),) if lookahead else ()))
             continue
@@ -372,6 +391,9 @@ class Trainer:
             raise ValueError("--arch-grad-norm does not support fp16 loss scaling; use --mixed-precision bf16 or no")
         if cfg.feat_rank < 0:
             raise ValueError(f"--feat-rank {cfg.feat_rank}: must be >= 0 (a negative weight would reward collapse)")
+        if cfg.distill and not (0 < cfg.distill_alpha <= 1 and cfg.distill_temp > 0):
+            raise ValueError(f"--distill-alpha {cfg.distill_alpha} / --distill-temp {cfg.distill_temp}: need "
+                             "0 < alpha <= 1 and a temperature > 0")
         if cfg.lookahead_steps < 0 or (cfg.lookahead_steps > 0 and (not cfg.arch_grad_norm or cfg.lookahead_lr <= 0)):
             raise ValueError(f"--lookahead-steps {cfg.lookahead_steps}: must be >= 0, and > 0 needs --arch-grad-norm "
                              f"and --lookahead-lr > 0 (got {cfg.lookahead_lr})")
@@ -397,6 +419,11 @@ class Trainer:
         archs = archs if archs is not None else _load_archs(cfg)
         self.images, self.labels = data.images, data.labels
         self.task = Task.of(data)
+        self.teacher = None
+        if cfg.distill:
+            from ghn.teacher import load_logits
+
+            self.teacher = load_logits(cfg.distill, self.labels, str(getattr(data, "name", "") or ""))
         indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)
         # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
         pool = ArchPool(archs, self.task, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
@@ -537,6 +564,8 @@ class Trainer:
         bi = torch.randint(len(self.labels), (cfg.batch_size,),
                            generator=step_rng(cfg.seed, st.step, acc.process_index, "images"))
         x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
+        distill = (Distill(self.teacher[bi].to(acc.device), cfg.distill_alpha, cfg.distill_temp)
+                   if self.teacher is not None else None)
         self.inner.record_trained_ops(graphs)  # before the forward: an op is trusted from its first step on
         with acc.accumulate(self.ghn):
             batch = self.inner.to_pyg_batch(graphs, datas)
@@ -544,10 +573,11 @@ class Trainer:
                 if cfg.arch_grad_norm:
                     preds = self.ghn(graphs, batch)
                     res, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm,
-                                                                cfg.channels_last, cfg.feat_rank, self._lookahead())
+                                                                cfg.channels_last, cfg.feat_rank, self._lookahead(),
+                                                                distill)
                 else:
                     res = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
-                                          cfg.channels_last, cfg.feat_rank)
+                                          cfg.channels_last, cfg.feat_rank, distill)
             loss, n_capped, n_bad = robust_mean(res.losses, cfg.loss_cap)
             st.capped_archs += n_capped
             st.nonfinite_archs += n_bad
@@ -571,10 +601,11 @@ class Trainer:
         st.archs_seen += n * world
         st.image_passes += cfg.batch_size * n * world  # one image through one network = one pass
         # "loss" is the (capped) cross-entropy whatever the objective: curves with and without extra terms compare
-        ce = loss if cfg.feat_rank <= 0 else robust_mean(res.ce, cfg.loss_cap)[0]
+        mixed = cfg.feat_rank > 0 or distill is not None
+        ce = robust_mean(res.ce, cfg.loss_cap)[0] if mixed else loss
         means = acc.gather(torch.stack([ce.detach().float(), res.accs.mean(), _nanmean(res.feat_pr),
                                         loss.detach().float()]).unsqueeze(0)).mean(0)
-        extra = {"objective": float(means[3])} if cfg.feat_rank > 0 else {}
+        extra = {"objective": float(means[3])} if mixed else {}
         if res.lookahead_ce is not None:  # the cross-entropy after the lookahead steps (uncapped, finite ones)
             extra["lookahead_loss"] = float(acc.gather(_nanmean(res.lookahead_ce).view(1)).mean())
         return {"step": st.step, "loss": float(means[0]), "acc": float(means[1]), "feat_pr": float(means[2]), **extra,
