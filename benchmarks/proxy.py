@@ -59,7 +59,7 @@ def train_design(a, ghn_over: dict) -> Path:
                       pool_size=a.pool_size, logit_norm=a.logit_norm,
                       arch_grad_norm=a.arch_grad_norm, ckpt_every=max(1, a.steps // 4),
                       distill=a.distill, distill_alpha=a.distill_alpha, distill_temp=a.distill_temp,
-                      log_every=25, seed=0, cpu=True, resume=str(resume) if resume else None, ghn=ghn_over,
+                      log_every=25, seed=a.seed, cpu=True, resume=str(resume) if resume else None, ghn=ghn_over,
                       progress=not os.environ.get("CI"))
     train(cfg)
     return ckpt
@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--logit-norm", type=float, default=0.0)
     p.add_argument("--arch-grad-norm", action="store_true", help="unit-norm gradient per architecture (training)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (architecture and image order, init)")
     p.add_argument("--distill", default="", help="teacher logits (python -m ghn.teacher) to distil from")
     p.add_argument("--distill-alpha", type=float, default=0.5)
     p.add_argument("--distill-temp", type=float, default=2.0)

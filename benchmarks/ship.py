@@ -63,16 +63,30 @@ def run_hours(ckpt: str, step, cores: int) -> dict:
 
 def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
     """The runs behind a checkpoint, oldest first: a run started with ``--init-from RUN/ckpt-STEP/...`` also counts
-    that run's steps and hours up to STEP (its own checkpoint may have been rotated out; its log is enough)."""
+    that run's steps and hours up to STEP (its own checkpoint may have been rotated out; its log is enough), and a run
+    started ``--init-from`` a shipped hypernetwork counts the runs its metadata records."""
     out = [run_hours(ckpt, extra.get("step"), cores)]
     parent = (extra.get("train_config") or {}).get("init_from")  # one level: the campaign's own start is documented
     if parent:
         name = Path(parent).parent.name
+        shipped = _shipped_lineage(parent)
         if name.startswith("ckpt-") and (Path(parent).parent.parent / "log.jsonl").is_file():
             out.insert(0, run_hours(parent, int(name[5:]), cores))
+        elif shipped:  # a hypernetwork shipped before (its metadata carries its runs): fine-tuned further
+            out[:0] = shipped
         else:
             print(f"note: the hours before --init-from {parent} are not counted (no run log found for it)")
     return out
+
+
+def _shipped_lineage(path: str) -> list:
+    """The ``lineage`` a hypernetwork shipped by this script records in its metadata ([] if none or unreadable)."""
+    from ghn.hypernet import GraphHyperNetwork
+
+    try:
+        return list(GraphHyperNetwork.load(path).extra.get("lineage") or [])
+    except Exception:  # not a loadable hypernetwork file: nothing to count
+        return []
 
 
 def eval_figures(path: str, step) -> tuple:

@@ -96,6 +96,16 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
     g = GraphHyperNetwork.load(out)
     assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0)]
     assert g.extra["total_steps"] == 3 and math.isclose(g.extra["cpu_hours"], 5.0)
+    # a run started --init-from that shipped file counts the runs its metadata records, then its own
+    grand = tmp_path / "grand"
+    train(TrainConfig(out_dir=str(grand), steps=1, meta_batch=2, batch_size=16, log_every=1, progress=False,
+                      cpu=True, init_from=str(out)), data=ProtoData(), archs=ToyArchs())
+    (grand / "log.jsonl").write_text(json.dumps({**rec, "step": 1, "cores": 1}) + "\n")
+    assert ship.main(["--ckpt", str(grand / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out",
+                      str(tmp_path / "again.safetensors"), "--cores", "2"]) == 0
+    g = GraphHyperNetwork.load(tmp_path / "again.safetensors")
+    assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0), (1, 1.0)]
+    assert g.extra["total_steps"] == 4 and math.isclose(g.extra["cpu_hours"], 6.0)
     (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
     with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
