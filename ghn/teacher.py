@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "labels_digest",
+__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "labels_digest", "tensor_digest",
            "distill_loss"]
 
 
@@ -83,6 +83,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 100
 def labels_digest(labels: torch.Tensor) -> str:
     """A short checksum of a label vector (ties a logits file to the training set's images in their order)."""
     return hashlib.sha256(labels.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A short checksum of a tensor's values (a resumed distilled run checks it reads the same teacher logits)."""
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def save_logits(path, logits: torch.Tensor, labels: torch.Tensor, dataset: str, extra: Optional[Dict] = None) -> None:

@@ -421,9 +421,14 @@ class Trainer:
         self.task = Task.of(data)
         self.teacher = None
         if cfg.distill:
-            from ghn.teacher import load_logits
+            from ghn.teacher import load_logits, tensor_digest
 
             self.teacher = load_logits(cfg.distill, self.labels, str(getattr(data, "name", "") or ""))
+            self._distill_digest = tensor_digest(self.teacher)
+            was = getattr(self, "_saved", None) and self._saved.extra.get("distill_digest")
+            if self.resume_dir is not None and was and was != self._distill_digest:
+                raise ValueError(f"--distill {cfg.distill}: not the teacher logits the run was trained with "
+                                 f"(digest {self._distill_digest}, run: {was}); a resume would not be exact")
         indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)
         # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
         pool = ArchPool(archs, self.task, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
@@ -658,7 +663,8 @@ class Trainer:
             st.write(tmp / "trainer_state.json")
             extra = {"step": st.step, "archs": str(self.cfg.archs), **self.task.to_dict(), "dataset": self.cfg.dataset,
                      "trained_ops": sorted(self.inner.trained_ops or ()),
-                     "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")}}
+                     "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")},
+                     **({"distill_digest": self._distill_digest} if self.teacher is not None else {})}
             self.inner.save(tmp / "ghn.safetensors", extra=extra)
             rundir.publish(tmp, final)
             rundir.prune(self.out_dir, self.cfg.keep_checkpoints)

@@ -72,6 +72,15 @@ def test_a_distilled_run_logs_both_losses_and_a_resume_must_keep_the_teacher(tmp
     with pytest.raises(ValueError, match="distill_alpha"):  # another mix would silently be another run
         train(cfg(tmp_path, "kd", steps=6, resume=os.path.join(c.out_dir, "ckpt-0000002"), distill=str(path),
                   distill_alpha=0.9), data=data, archs=ToyArchs())
+    # the same path regenerated with other values (e.g. another machine's teacher): the resume is refused
+    save_logits(path, torch.nn.functional.one_hot(data.labels, 4).float() * 3, data.labels, "")
+    with pytest.raises(ValueError, match="not the teacher logits the run was trained with"):
+        train(cfg(tmp_path, "kd", steps=6, resume=os.path.join(c.out_dir, "ckpt-0000002"), distill=str(path),
+                  distill_alpha=0.5), data=data, archs=ToyArchs())
+    save_logits(path, torch.nn.functional.one_hot(data.labels, 4).float() * 4, data.labels, "")
+    train(cfg(tmp_path, "kd", steps=6, resume=os.path.join(c.out_dir, "ckpt-0000002"), distill=str(path),
+              distill_alpha=0.5, arch_grad_norm=True),
+          data=data, archs=ToyArchs())  # the same file resumes
     with pytest.raises(ValueError, match="distill-alpha"):
         train(cfg(tmp_path, "bad", distill=str(path), distill_alpha=0.0), data=data, archs=ToyArchs())
     with pytest.raises(ValueError, match="training set has"):  # logits of another training set
