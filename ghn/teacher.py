@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "labels_digest", "tensor_digest",
-           "distill_loss"]
+__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "labels_digest",
+           "tensor_digest", "distill_loss"]
 
 
 class TeacherCNN(nn.Module):
