@@ -69,10 +69,9 @@ def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
     parent = (extra.get("train_config") or {}).get("init_from")  # one level: the campaign's own start is documented
     if parent:
         name = Path(parent).parent.name
-        shipped = _shipped_lineage(parent)
         if name.startswith("ckpt-") and (Path(parent).parent.parent / "log.jsonl").is_file():
             out.insert(0, run_hours(parent, int(name[5:]), cores))
-        elif shipped:  # a hypernetwork shipped before (its metadata carries its runs): fine-tuned further
+        elif shipped := _shipped_lineage(parent):  # a hypernetwork shipped before: its metadata carries its runs
             out[:0] = shipped
         else:
             print(f"note: the hours before --init-from {parent} are not counted (no run log found for it)")

@@ -403,8 +403,11 @@ def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = True, s
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     g = torch.Generator().manual_seed(int(seed))
     sampler: Sampler = RandomSampler(dataset, generator=g) if shuffle else SequentialSampler(dataset)
+    # each iteration draws a base seed from the loader's generator, else from the global RNG: a separate one keeps
+    # the global state untouched and the sampler's stream (hence every data order) as it was
+    base = torch.Generator().manual_seed(int(seed))
     if hasattr(dataset, "tensors"):
         return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,
-                          num_workers=0, collate_fn=_Collate(augment, seed, batched=True))
+                          num_workers=0, collate_fn=_Collate(augment, seed, batched=True), generator=base)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
-                      collate_fn=_Collate(augment, seed, batched=False))
+                      collate_fn=_Collate(augment, seed, batched=False), generator=base)

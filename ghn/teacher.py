@@ -6,7 +6,7 @@ the dataset, its size and a checksum of the labels in the metadata). ``train.py 
 (:func:`load_logits` checks they belong to the training set) and adds a temperature-scaled KL term to each
 architecture's loss (``TrainConfig.distill_*``, docs/DESIGN.md).
 
-    python -m ghn.teacher --dataset fashion-mnist --epochs 4 --out runs/teacher/fashion-mnist.safetensors
+    python -m ghn.teacher --dataset fashion-mnist --epochs 10 --out runs/teacher/fmnist-e10.safetensors
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "labels_digest",
-           "tensor_digest", "distill_loss"]
+__all__ = ["TeacherCNN", "train_teacher", "predict_logits", "save_logits", "load_logits", "tensor_digest",
+           "distill_loss"]
 
 
 class TeacherCNN(nn.Module):
-    """Three conv-BN-ReLU stages (32, 64, 128 channels) and a linear head: ~93% on Fashion-MNIST in 4 epochs."""
+    """Three conv-BN-ReLU stages (32, 64, 128 channels) and a linear head: 89.8% on Fashion-MNIST test after 10
+    epochs of :func:`train_teacher` (87.6% after 4)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
         super().__init__()
@@ -42,17 +43,19 @@ class TeacherCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def train_teacher(train_data, epochs: int = 4, batch_size: int = 128, lr: float = 0.05, seed: int = 0,
+def train_teacher(train_data, epochs: int = 10, batch_size: int = 128, lr: float = 0.05, seed: int = 0,
                   progress: bool = True) -> TeacherCNN:
-    """SGD (momentum 0.9, cosine, weight decay 5e-4) with crop-and-flip augmentation; deterministic given ``seed``."""
+    """SGD (Nesterov momentum 0.9, one-cycle schedule, weight decay 5e-4) with crop-and-flip augmentation;
+    deterministic given ``seed``. The global RNG is left as it was."""
     from tqdm.auto import tqdm
 
     from ghn.datasets import make_loader
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    torch.manual_seed(seed)  # the teacher's own init only; nothing else in this process reads the global RNG here
-    model = TeacherCNN(train_data.in_channels, train_data.num_classes).to(memory_format=torch.channels_last)
+    with torch.random.fork_rng(devices=[]):  # the teacher's own init, seeded; the caller's RNG state is restored
+        torch.manual_seed(seed)
+        model = TeacherCNN(train_data.in_channels, train_data.num_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     loaders = [make_loader(train_data, batch_size, shuffle=True, seed=seed + e, drop_last=True, augment=True)
                for e in range(epochs)]
@@ -80,14 +83,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 100
                       for i in range(0, len(images), batch_size)])
 
 
-def labels_digest(labels: torch.Tensor) -> str:
-    """A short checksum of a label vector (ties a logits file to the training set's images in their order)."""
-    return hashlib.sha256(labels.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
-
-
 def tensor_digest(t: torch.Tensor) -> str:
-    """A short checksum of a tensor's values (a resumed distilled run checks it reads the same teacher logits)."""
-    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    """A short checksum of a tensor's values and dtype: the labels tie a logits file to the training set in its order,
+    the logits tie a resumed distilled run to the teacher it was trained with."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def save_logits(path, logits: torch.Tensor, labels: torch.Tensor, dataset: str, extra: Optional[Dict] = None) -> None:
@@ -95,7 +94,7 @@ def save_logits(path, logits: torch.Tensor, labels: torch.Tensor, dataset: str, 
 
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} logits rows for {labels.shape[0]} labels")
-    meta = {"dataset": dataset, "n": str(len(labels)), "labels_sha256_16": labels_digest(labels),
+    meta = {"dataset": dataset, "n": str(len(labels)), "labels_sha256_16": tensor_digest(labels.long()),
             "extra": json.dumps(extra or {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({"logits": logits.float().contiguous()}, str(path), metadata=meta)
@@ -120,7 +119,7 @@ def load_logits(path, labels: torch.Tensor, dataset: str = "") -> torch.Tensor:
     if logits.dim() != 2 or logits.shape[0] != len(labels):
         raise ValueError(f"--distill {path}: logits of shape {tuple(logits.shape)}, the training set has "
                          f"{len(labels)} images")
-    if meta.get("labels_sha256_16") not in (None, labels_digest(labels)):
+    if meta.get("labels_sha256_16") not in (None, tensor_digest(labels.long())):
         raise ValueError(f"--distill {path}: made for other labels (another split or order of the training set)")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError(f"--distill {path}: logits are not all finite")
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the logits file (.safetensors) for train.py --distill")
     p.add_argument("--no-progress", action="store_true")

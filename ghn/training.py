@@ -40,6 +40,7 @@ from ghn.fastconv import fast_convs
 from ghn.graph import ArchGraph
 from ghn.hypernet import GHNConfig, GraphHyperNetwork
 from ghn.task import Task
+from ghn.teacher import distill_loss, load_logits, tensor_digest
 
 __all__ = ["TrainConfig", "TrainerState", "Trainer", "train", "resume_config", "robust_mean", "standardize_logits",
            "ArchLosses", "Distill", "classifier_layer", "participation_ratio", "meta_batch_loss", "pack_meta_batch",
@@ -246,8 +247,6 @@ def _arch_loss(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tenso
     ce = F.cross_entropy(logits, y)
     loss = ce
     if distill is not None and distill.alpha > 0:
-        from ghn.teacher import distill_loss
-
         loss = (1 - distill.alpha) * ce + distill.alpha * distill_loss(logits, distill.logits, distill.temp)
     with torch.set_grad_enabled(feat_rank > 0 and torch.is_grad_enabled()):  # only logged when the term is off
         pr = participation_ratio(feats[-1]) if feats and len(x) > 2 else ce.new_tensor(float("nan"))
@@ -421,12 +420,10 @@ class Trainer:
         self.task = Task.of(data)
         self.teacher = None
         if cfg.distill:
-            from ghn.teacher import load_logits, tensor_digest
-
             self.teacher = load_logits(cfg.distill, self.labels, str(getattr(data, "name", "") or ""))
             self._distill_digest = tensor_digest(self.teacher)
-            was = getattr(self, "_saved", None) and self._saved.extra.get("distill_digest")
-            if self.resume_dir is not None and was and was != self._distill_digest:
+            was = self._saved.extra.get("distill_digest") if self._saved is not None else None
+            if was and was != self._distill_digest:
                 raise ValueError(f"--distill {cfg.distill}: not the teacher logits the run was trained with "
                                  f"(digest {self._distill_digest}, run: {was}); a resume would not be exact")
         indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)

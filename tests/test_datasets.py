@@ -229,7 +229,9 @@ def test_make_loader_seeded():
     def epoch(seed, **kw):
         return [(x.clone(), y.clone()) for x, y in make_loader(ds, 16, True, seed, **kw)]
 
+    state = torch.random.get_rng_state()
     e1, e2, e3 = epoch(1), epoch(1), epoch(2)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is neither read nor changed
     assert all(torch.equal(a[1], b[1]) for a, b in zip(e1, e2))
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(e1, e3))
     assert [len(y) for _, y in e1] == [16, 16, 16, 2]

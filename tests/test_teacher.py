@@ -28,7 +28,9 @@ def test_distill_loss_is_zero_at_the_teacher_and_scaled_kl_elsewhere():
 
 def test_teacher_learns_the_task_and_its_logits_file_is_tied_to_the_training_labels(tmp_path):
     data = proto_dataset(n=256, num_classes=4, size=12)
+    before = torch.random.get_rng_state()
     model = train_teacher(data, epochs=2, batch_size=32, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is left alone
     logits = predict_logits(model, data.images)
     assert logits.shape == (256, 4)
     assert float((logits.argmax(-1) == data.labels).float().mean()) > 0.6  # chance: 0.25
