@@ -162,6 +162,7 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(f"unknown hypernetwork config keys {sorted(unknown)}")
         cfg.update(overrides)
         self.config = GHNConfig(**cfg)
+        self.extra: Dict[str, Any] = {}  # checkpoint metadata: task, trained ops, training config, evaluations
         c = self.config
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
@@ -172,21 +173,21 @@ class GraphHyperNetwork(nn.Module):
     @property
     def task(self) -> Task:
         """The task this hypernetwork was trained on (from its checkpoint; the default task when untrained)."""
-        return Task.from_dict(getattr(self, "extra", None))
+        return Task.from_dict(self.extra)
 
     @property
     def trained_ops(self) -> Optional[FrozenSet[str]]:
         """Op types of the parameters this hypernetwork was trained on, from its checkpoint (``None``: not
         recorded, every op trusted). Matrices of other op types get the neutral scale (see the decoder)."""
-        ops = getattr(self, "extra", {}).get("trained_ops")
+        ops = self.extra.get("trained_ops")
         return None if ops is None else frozenset(ops)
 
     def record_trained_ops(self, graphs: Sequence[ArchGraph]) -> None:
         """Add the op types owning parameters in ``graphs`` to :attr:`trained_ops` (the trainer, before a step)."""
         ops = {ref.op for g in graphs for _, ref in g.param_refs()}
-        have = set(getattr(self, "extra", {}).get("trained_ops") or ())
+        have = set(self.extra.get("trained_ops") or ())
         if not ops <= have:
-            self.extra = {**getattr(self, "extra", {}), "trained_ops": sorted(have | ops)}
+            self.extra = {**self.extra, "trained_ops": sorted(have | ops)}
 
     @property
     def device(self) -> torch.device:
@@ -206,7 +207,7 @@ class GraphHyperNetwork(nn.Module):
             first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(f"the overrides {sorted(overrides)} change the hypernetwork's tensors ({first}); only "
                              "settings that keep them can change") from None
-        new.extra = getattr(self, "extra", {})
+        new.extra = self.extra
         return new.to(self.device)
 
     # -- prediction ------------------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class GraphHyperNetwork(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": "ghn", "format_version": str(FORMAT_VERSION), "config": json.dumps(asdict(self.config)),
                 "op_types": json.dumps(list(OP_TYPES)),
-                "extra": json.dumps(getattr(self, "extra", {}) if extra is None else extra),
+                "extra": json.dumps(self.extra if extra is None else extra),
                 "sha256": tensors_digest(state)}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

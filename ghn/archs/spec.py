@@ -28,15 +28,11 @@ GPT_ATTN: Tuple[str, ...] = ("fused", "separate")
 TF_NORMS: Tuple[str, ...] = ("layer", "rms")
 PREDEFINED_NAMES: Tuple[str, ...] = ("resnet18", "resnet50", "vit_small", "mobilenet_v2")
 
-#: reference task used for parameter caps (and what ``count_params`` defaults to)
-REF_TASK = dict(num_classes=10, in_channels=3, image_size=32)
-
-
 @dataclass(frozen=True)
 class SplitSpace:
-    """The sampling distribution of one split (see docs/DESIGN_space.md)."""
+    """The sampling distribution of one split (see docs/DESIGN.md, "Sampling distribution")."""
 
-    p_vit: float = 0.13  # per draw; ~15% of accepted train specs (see docs/DESIGN_space.md)
+    p_vit: float = 0.13  # per draw; ~15% of accepted train specs (see docs/DESIGN.md, "Sampling distribution")
     cells: Tuple[int, int] = (4, 18)
     steps: Tuple[int, int] = (1, 4)
     widths: Tuple[int, ...] = tuple(range(16, 65, 8))

@@ -20,7 +20,7 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ghn.archs.darts import build_model
 from ghn.archs.spec import PREDEFINED_NAMES, SPLITS, canonical_json
@@ -123,18 +123,6 @@ class _SplitWriter:
         manifest = {**manifest, "file": self.path.name, "bytes": self.size, "sha256": self.digest.hexdigest()}
         manifest_path(self.path).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         return manifest
-
-
-def write_split(path: PathLike, lines: Iterable[bytes], manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """Write canonical spec lines (gzip members of ``BLOCK`` lines) and the manifest; returns the manifest."""
-    w = _SplitWriter(path)
-    try:
-        for line in lines:
-            w.add(line)
-    except BaseException:
-        w.abort()
-        raise
-    return w.close(manifest)
 
 
 def _scan_members(raw: bytes) -> List[Tuple[int, int, int]]:
