@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
            "top_energy": r3(res["top_energy"]), "role_cos": r3(res["role_cos"])}
     extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(cpu, 2), "wall_hours": round(wall, 2),
              "total_steps": sum(r["steps"] for r in lineage), "lineage": lineage,
-             "machine": f"{a.cores}-core CPU, no GPU", "val": val,
+             "machine": f"{os.cpu_count()}-core CPU, no GPU", "val": val,
              "command": res.get("command")}
     if a.eval:
         extra["eval"] = dict(eval_figures(f, ghn.extra.get("step")) for f in a.eval)
