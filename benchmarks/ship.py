@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -108,6 +107,8 @@ def eval_figures(path: str, step) -> tuple:
 
 
 def main(argv=None) -> int:
+    from _results import machine  # benchmarks/ is on sys.path when run as a script
+
     from ghn.hypernet import GraphHyperNetwork, add_config_arguments, pop_config_overrides
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
            "top_energy": r3(res["top_energy"]), "role_cos": r3(res["role_cos"])}
     extra = {**ghn.extra, "chosen_by": a.chosen_by, "cpu_hours": round(cpu, 2), "wall_hours": round(wall, 2),
              "total_steps": sum(r["steps"] for r in lineage), "lineage": lineage,
-             "machine": f"{os.cpu_count()}-core CPU, no GPU", "val": val,
+             "machine": machine(), "val": val,
              "command": res.get("command")}
     if a.eval:
         extra["eval"] = dict(eval_figures(f, ghn.extra.get("step")) for f in a.eval)
