@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -212,14 +212,16 @@ class ZooSummary:
 @torch.no_grad()
 def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir: Optional[Union[str, Path]] = None,
                    batch_size: int = 16, task: Optional[Task] = None, strict: bool = True, progress: bool = True,
-                   keep_models: bool = False) -> Tuple[ZooSummary, Dict[str, nn.Module]]:
+                   on_model: Optional[Callable[[str, nn.Module, InitReport], None]] = None) -> ZooSummary:
     """Predict parameters for many models, ``batch_size`` graphs per hypernetwork pass.
 
     Each model's predicted tensors go to ``out_dir/<name>.safetensors`` (when given) and a ``summary.json`` lists
     per model what was predicted and what was left untouched. A model that fails to build or trace is recorded in
-    ``summary.failed`` with the reason; the others continue.
+    ``summary.failed`` with the reason; the others continue. ``on_model(name, model, report)`` is called with each
+    initialized model as soon as its weights are written (to inspect or evaluate it); models are not kept, so a
+    zoo of any size runs in the memory of one batch.
     """
-    summary, kept = ZooSummary(), {}
+    summary = ZooSummary()
     t0 = time.perf_counter()
     ghn.eval()
     bar = None
@@ -257,8 +259,8 @@ def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir:
                     fail(e, err)
                     continue
                 summary.reports[e.name] = rep
-                if keep_models:
-                    kept[e.name] = m
+                if on_model is not None:
+                    on_model(e.name, m, rep)
             if bar is not None:
                 bar.update(len(entries[start:start + batch_size]))
     finally:  # summary.json is written whatever happened, with what was done
@@ -267,7 +269,7 @@ def initialize_zoo(entries: Sequence[ZooEntry], ghn: GraphHyperNetwork, out_dir:
         summary.seconds = time.perf_counter() - t0
         if out_dir is not None:
             write_summary(summary, Path(out_dir) / "summary.json")
-    return summary, kept
+    return summary
 
 
 def _predict_each(ghn: GraphHyperNetwork, entries: List[ZooEntry], graphs: List[ArchGraph], fail

@@ -52,8 +52,10 @@ def test_zoo_cli_batches_many_models(run, ckpt, tmp_path):
     zoo = tmp_path / "zoo.txt"
     zoo.write_text("models:TinyCNN\ndensenet_tiny  # a comment\nnot_a_model\n")
     out = tmp_path / "out"
-    r = run("--zoo", str(zoo), "--ckpt", str(ckpt), "--out-dir", str(out), "--batch-size", "2")
+    r = run("--zoo", str(zoo), "--ckpt", str(ckpt), "--out-dir", str(out), "--batch-size", "2", "--inspect")
     assert r.returncode == 1 and "1 of 3 zoo entries failed" in r.stderr  # the others are still written
+    rows = [ln.split()[0] for ln in r.stdout.splitlines() if ln.startswith(("models_TinyCNN", "densenet_tiny"))]
+    assert sorted(rows) == ["densenet_tiny", "models_TinyCNN"] and "median over 2 models" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == {"models_TinyCNN", "densenet_tiny"}
     assert "not_a_model" in summary["failed"] and "unknown model" in summary["failed"]["not_a_model"]
@@ -64,10 +66,11 @@ def test_zoo_batched_equals_single(ckpt):
     ghn = GraphHyperNetwork.load(ckpt)
     specs = read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:3]
     entries = [ZooEntry(f"m{i}", e.source) for i, e in enumerate(specs)]
-    sb, batched = initialize_zoo(entries, ghn, batch_size=3, task=Task(4, 1, 12),
-                                 progress=False, keep_models=True)
-    ss, single = initialize_zoo(entries, ghn, batch_size=1, task=Task(4, 1, 12),
-                                progress=False, keep_models=True)
+    batched, single = {}, {}
+    sb = initialize_zoo(entries, ghn, batch_size=3, task=Task(4, 1, 12), progress=False,
+                        on_model=lambda name, m, _: batched.__setitem__(name, m))
+    ss = initialize_zoo(entries, ghn, batch_size=1, task=Task(4, 1, 12), progress=False,
+                        on_model=lambda name, m, _: single.__setitem__(name, m))
     assert sb.failed == {} and ss.failed == {} and set(batched) == set(single) == {"m0", "m1", "m2"}
     for name in batched:
         a, b = batched[name].state_dict(), single[name].state_dict()

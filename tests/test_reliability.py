@@ -154,19 +154,18 @@ def test_zoo_skips_bad_entries_and_always_writes_the_summary(tmp_path):
     torch.manual_seed(0)
     ghn = GraphHyperNetwork(**SMALL)
     out = tmp_path / "out"
-    s, _ = initialize_zoo(read_zoo(d), ghn, out, task=Task(4, 1, 12), progress=False)
+    s = initialize_zoo(read_zoo(d), ghn, out, task=Task(4, 1, 12), progress=False)
     assert set(s.reports) == {"a_good"} and set(s.failed) == {"b_broken", "c_badspec"}
     assert "b_broken.json" in s.failed["b_broken"] and "malformed JSON" in s.failed["b_broken"]
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["failed"]) == {"b_broken", "c_badspec"} and (out / "a_good.safetensors").is_file()
-    s, _ = initialize_zoo(read_zoo(jl), ghn, None, task=Task(4, 1, 12), progress=False)
+    s = initialize_zoo(read_zoo(jl), ghn, None, task=Task(4, 1, 12), progress=False)
     assert len(s.reports) == 2 and list(s.failed) == ["zoo-00001"] and "zoo.jsonl:2" in s.failed["zoo-00001"]
 
 
 def test_zoo_with_nan_hypernetwork_fails_every_model_without_writing(tmp_path):
     entries = read_zoo(os.path.join(ROOT, "data", "test.jsonl.gz"))[:2]
-    s, _ = initialize_zoo(entries, nan_ghn(), tmp_path, task=Task(4, 1, 12),
-                          progress=False)
+    s = initialize_zoo(entries, nan_ghn(), tmp_path, task=Task(4, 1, 12), progress=False)
     assert not s.reports and len(s.failed) == 2 and all("non-finite" in v for v in s.failed.values())
     assert (tmp_path / "summary.json").is_file() and not list(tmp_path.glob("*.safetensors"))
 

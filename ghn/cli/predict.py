@@ -73,13 +73,14 @@ def _run_zoo(a, ghn, task) -> int:
     from ghn.zoo import initialize_zoo, read_zoo
 
     entries = read_zoo(a.zoo)
-    summary, models = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, task, strict=not a.lenient,
-                                     keep_models=a.inspect)
+    inspected = []  # per-model statistics only: the models themselves are not kept
+    on_model = (lambda name, model, _: inspected.append(_inspect(model, name, not a.lenient))) if a.inspect else None
+    summary = initialize_zoo(entries, ghn, a.out_dir, a.batch_size, task, strict=not a.lenient, on_model=on_model)
     print(summary)
     if a.inspect:
         from ghn.inspect import zoo_summary
 
-        print(zoo_summary([_inspect(m, n, not a.lenient) for n, m in models.items()]))
+        print(zoo_summary(inspected))
     if summary.failed:
         print(f"error: {len(summary.failed)} of {len(entries)} zoo entries failed (listed above"
               f"{' and in ' + a.out_dir + '/summary.json' if a.out_dir else ''})", file=sys.stderr)
