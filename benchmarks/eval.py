@@ -84,21 +84,22 @@ def _setup(a) -> None:
 
 def _eval_arch(item) -> dict:
     from ghn.evaluation import evaluate_init, finetune
+    from ghn.task import Task
 
     split, i = item
     a, ghn, train, test = (_CTX[k] for k in ("a", "ghn", "train", "test"))
     archs = _CTX["archs"][split]
-    c, s, dev = train.in_channels, train.image_size, a.device
+    task, dev = Task.of(train), a.device
     row = {"split": split, "index": i, "spec": archs[i]}
 
     def fresh():
         torch.manual_seed(a.seed + i)  # the default init of this architecture, identical for every variant
-        m = archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
+        m = archs.build(i, **task.model_kwargs())
         return m.to(memory_format=torch.channels_last) if a.channels_last else m
 
     t = time.perf_counter()
     pred = fresh().to(dev)
-    rep = ghn.initialize(pred, torch.zeros(2, c, s, s, device=dev))
+    rep = ghn.initialize(pred, task.example_input().to(dev))
     row["predict_s"] = time.perf_counter() - t
     row["params"] = sum(q.numel() for q in pred.parameters())
     row["untouched"] = list(rep.untouched)

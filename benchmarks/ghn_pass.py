@@ -33,11 +33,13 @@ def measure(n: int, max_arch_params: int, meta_batch: int, repeat: int, save_pre
     from ghn.archs.storage import ArchDataset
     from ghn.graph import ArchGraph
     from ghn.hypernet import load_pretrained
+    from ghn.task import Task
 
     val = ArchDataset(str(ROOT / "data" / "val.jsonl.gz"))
     todo = small_archs(val, n, max_arch_params)
-    x = torch.zeros(2, 1, 28, 28)
-    graphs = [ArchGraph.from_module(val.build(i, num_classes=10, in_channels=1, image_size=28), x) for i in todo]
+    task = Task(10, 1, 28)  # Fashion-MNIST
+    x = task.example_input()
+    graphs = [ArchGraph.from_module(val.build(i, **task.model_kwargs()), x) for i in todo]
     hyper = load_pretrained(str(ROOT / "ghn" / "pretrained" / "ghn-fmnist.safetensors"))
     chunks = [graphs[k:k + meta_batch] for k in range(0, len(graphs), meta_batch)]
 

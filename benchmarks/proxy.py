@@ -71,6 +71,7 @@ def eval_design(a, ckpt: Path) -> dict:
     from ghn.evaluation import evaluate_init, finetune
     from ghn.hypernet import GraphHyperNetwork
     from ghn.inspect import inspect_model
+    from ghn.task import Task
 
     hyper = GraphHyperNetwork.load(ckpt)
     if a.eval_only and a.ghn_over:  # a decoding setting that keeps the tensors (e.g. --norm-scale)
@@ -78,10 +79,10 @@ def eval_design(a, ckpt: Path) -> dict:
     train = get_dataset("fashion-mnist", None, train=True)
     test = get_dataset("fashion-mnist", None, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
-    c, s = train.in_channels, train.image_size
+    task = Task.of(train)
     val = ArchDataset("val")
-    todo = small_archs(val, a.n, a.max_arch_params, c, s)
-    x = torch.zeros(2, c, s, s)
+    todo = small_archs(val, a.n, a.max_arch_params, task.in_channels, task.image_size)
+    x = task.example_input()
     # Default init does not depend on the design: its results are cached per architecture and setting.
     cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json",
                              enabled=not a.no_default_cache)
@@ -90,7 +91,7 @@ def eval_design(a, ckpt: Path) -> dict:
     for k, i in enumerate(todo):
         def fresh(i=i):
             torch.manual_seed(i)
-            return val.build(i, num_classes=10, in_channels=c, image_size=s)
+            return val.build(i, **task.model_kwargs())
 
         model = fresh()
         ins = inspect_model(model, hyper, x).summary()
