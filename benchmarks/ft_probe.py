@@ -20,6 +20,8 @@ A variant ending in ``@rms`` (``pred@rms``, ``noise_share=0.5@rms``) rescales ev
 its default init: the predicted direction with the default scale (under a normalisation the scale sets the
 effective fine-tuning learning rate, not the function). A suffix ``@head=S`` (``pred@head=0.1``) multiplies the
 classifier's weight and bias by ``S``: the same predictions with no training, softer logits to fine-tune from.
+``@branch=S`` multiplies the output projections of transformer residual branches (``attn.proj``,
+``mha.out_proj``, ``mlp.fc2``) by ``S``: closer to the near-identity blocks of a ViT's own init (std 0.02).
 A suffix ``@reset=KIND`` (``conv``, ``norm`` or ``head``; repeatable) puts those modules back to their default
 init: which part of a predicted model makes fine-tuning worse. ``--split predefined`` probes the built-in models
 (index 0 is resnet18).
@@ -138,6 +140,11 @@ def apply_modifier(m: nn.Module, default: nn.Module, mod: str) -> None:
     elif mod.startswith("head="):  # the classifier (weight and bias) times a factor: same argmax, other dynamics
         for q in classifier_layer(m).parameters():
             q.mul_(float(mod[5:]))
+    elif mod.startswith("branch="):  # residual branches' output projections (attention proj, MLP fc2) times S
+        for name, mm in m.named_modules():
+            if isinstance(mm, nn.Linear) and name.endswith(("attn.proj", "mha.out_proj", "mlp.fc2")):
+                for q in mm.parameters():
+                    q.mul_(float(mod[7:]))
     elif mod == "reset=head":
         classifier_layer(m).load_state_dict(classifier_layer(default).state_dict())
     elif mod.startswith("reset=") and mod[6:] in RESETTABLE:
@@ -145,7 +152,8 @@ def apply_modifier(m: nn.Module, default: nn.Module, mod: str) -> None:
             if isinstance(mm, RESETTABLE[mod[6:]]):
                 mm.load_state_dict(dd.state_dict())
     else:
-        raise SystemExit(f"unknown variant suffix @{mod}: expected @rms, @head=S or @reset=conv|norm|head")
+        raise SystemExit(f"unknown variant suffix @{mod}: expected @rms, @head=S, @branch=S or "
+                         "@reset=conv|norm|head")
 
 
 def main(argv=None) -> int:
@@ -154,6 +162,7 @@ def main(argv=None) -> int:
     from ghn.evaluation import batches as data_batches
     from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
     from ghn.hypernet import load_pretrained
+    from ghn.task import Task
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="hypernetwork; default: the shipped one")
@@ -183,12 +192,12 @@ def main(argv=None) -> int:
     test = get_dataset("fashion-mnist", None, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
     archs = ArchDataset(a.split)
-    c, s = train.in_channels, train.image_size
+    task = Task.of(train)
     rows = []
     for i in a.indices:
         def fresh(i=i):
             torch.manual_seed(i)
-            return archs.build(i, num_classes=train.num_classes, in_channels=c, image_size=s)
+            return archs.build(i, **task.model_kwargs())
 
         for v in a.variants:
             if (i, v) in done:
@@ -198,7 +207,7 @@ def main(argv=None) -> int:
             name, *mods = v.split("@")
             if name != "default":
                 h = hyper if name == "pred" else hyper.with_config(**parse_overrides(name))
-                h.initialize(m, torch.zeros(2, c, s, s))
+                h.initialize(m, task.example_input())
             for mod in mods:
                 apply_modifier(m, fresh(), mod)
             state = {k: t.clone() for k, t in m.state_dict().items()}

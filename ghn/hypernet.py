@@ -79,6 +79,9 @@ class GHNConfig:
                                   # (BN and norm-free CNNs, transformers); max_dir_ratio stays the cap of CNNs
                                   # normalised by LayerNorm/GroupNorm/InstanceNorm/RMSNorm, whose fine-tuning a
                                   # looser cap harms; 0: max_dir_ratio for every model
+    post_norm_branch_scale: float = 1.0  # the output projections of post-norm residual branches (x -> norm(x + f(x)),
+                                  # ArchGraph.post_norm_branches) times this, weight and bias: near-identity blocks,
+                                  # as a transformer's own small init, so a deep post-norm stack stays trainable
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GHNConfig":
@@ -113,7 +116,7 @@ LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": F
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
                                  "default_scale_under_norm": False, "equal_rows": "none",
                                  "max_dir_ratio": 0.0, "free_rows": 0.0, "norm_fed_scale": 1.0,
-                                 "max_dir_ratio_loose": 0.0}
+                                 "max_dir_ratio_loose": 0.0, "post_norm_branch_scale": 1.0}
 
 
 @dataclass
@@ -162,6 +165,8 @@ class GraphHyperNetwork(nn.Module):
             raise ValueError(f"unknown hypernetwork config keys {sorted(unknown)}")
         cfg.update(overrides)
         self.config = GHNConfig(**cfg)
+        if not self.config.post_norm_branch_scale > 0:
+            raise ValueError(f"post_norm_branch_scale must be > 0, got {self.config.post_norm_branch_scale}")
         self.extra: Dict[str, Any] = {}  # checkpoint metadata: task, trained ops, training config, evaluations
         c = self.config
         self.encoder = GraphEncoder(c.hidden, c.layers, c.max_virtual_dist, c.conv, c.pos_features)
@@ -240,19 +245,23 @@ class GraphHyperNetwork(nn.Module):
     def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
-        node_idx, refs, owner, fed, loose = [], [], [], [], []
+        node_idx, refs, owner, fed, loose, branch = [], [], [], [], [], []
+        scale = self.config.post_norm_branch_scale
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
             norm_fed, lo = self.norm_fed_nodes(g), self.loose_cap(g)
+            branches = g.post_norm_branches() if scale != 1.0 else frozenset()
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
                 fed.append(ni in norm_fed)
                 loose.append(lo)
+                branch.append(ni in branches)
         tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops,
                                fed, loose)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
-        for gi, ref, t in zip(owner, refs, tensors):
+        for gi, ref, t, b in zip(owner, refs, tensors, branch):
+            t = t * scale if b else t
             out[gi][ref.name] = t
             for alias in ref.aliases:
                 out[gi][alias] = t

@@ -535,3 +535,32 @@ def test_norm_fed_scale_multiplies_only_matrices_under_norm_and_keeps_the_functi
     assert torch.allclose(m_two.train()(x), m_one.train()(x), atol=1e-3)  # BatchNorm divides the scale out
     with pytest.raises(ValueError, match="norm_fed_scale"):
         make_ghn(norm_fed_scale=0.0)
+
+
+@pytest.mark.parametrize("attn", ["separate", "torch"])
+def test_post_norm_branch_scale_shrinks_only_post_norm_residual_branches(attn):
+    from ghn.archs.transformers import ViT
+
+    def vit(pre_norm):
+        torch.manual_seed(0)
+        return ViT(num_classes=4, in_channels=1, image_size=12, patch_size=4, dim=16, depth=3, heads=2,
+                   pre_norm=pre_norm, pool="mean", attn=attn, norm="layer")
+
+    x = torch.zeros(2, 1, 12, 12)
+    post, pre = ArchGraph.from_module(vit(False), x), ArchGraph.from_module(vit(True), x)
+    names = sorted(post.nodes[i].name for i in post.post_norm_branches())
+    proj = "attn.mha.out_proj" if attn == "torch" else "attn.proj"
+    assert names == sorted(f"blocks.{b}.{m}" for b in range(3) for m in (proj, "mlp.fc2"))
+    assert pre.post_norm_branches() == set()  # x + f(norm(x)): the last add feeds only the final norm, but takes an add
+    assert ArchGraph.from_module(TinyCNN(), torch.zeros(2, 1, 12, 12)).post_norm_branches() == set()
+
+    g = make_ghn()
+    shrunk = g.with_config(post_norm_branch_scale=0.25)
+    a, b = g.predict_params(vit(False), x), shrunk.predict_params(vit(False), x)
+    scaled = {k for k in a if not torch.equal(a[k], b[k])}
+    assert scaled == {f"{n}.{p}" for n in names for p in ("weight", "bias")}
+    assert all(torch.allclose(b[k], 0.25 * a[k]) for k in scaled)
+    a, b = g.predict_params(vit(True), x), shrunk.predict_params(vit(True), x)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a pre-norm ViT is decoded as before
+    with pytest.raises(ValueError, match="post_norm_branch_scale must be > 0"):
+        GraphHyperNetwork(post_norm_branch_scale=0.0)
