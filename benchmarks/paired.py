@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """A candidate against the shipped hypernetwork, paired per architecture, under the declared shipping rule.
 
-Both files are results of ``proxy.py`` (or ``eval.py``) on the same architectures. For each of no-training top-1
+Both files are results of ``proxy.py`` (or ``eval.py``) on the same architectures, or one ``ft_probe.py`` file
+twice with ``--variants CANDIDATE SHIPPED`` (its ``acc0`` / ``ft`` rows of those variants, default init from its
+``default`` rows). For each of no-training top-1
 (``acc_pred``) and top-1 after fine-tuning (``ft_pred``, where both have it) it gives the paired mean difference
 candidate - shipped with its standard error, and on how many architectures the candidate is better / worse.
 Then the rule declared in docs/BENCHMARKS.md (session 8): the candidate ships if its do-no-harm count (``ft_pred
@@ -10,6 +12,7 @@ than one paired standard error.
 
     python benchmarks/paired.py benchmarks/results/proxy/campaign-8719_dsun_n65_s2.json \\
         benchmarks/results/proxy/campaign-5587_dsun_n65_s2.json --out benchmarks/results/paired_8719.json
+    python benchmarks/paired.py probe.json probe.json --variants post_norm_branch_scale=0.25 pred
 """
 from __future__ import annotations
 
@@ -24,11 +27,20 @@ from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path wh
 from ghn.plot import no_harm
 
 
-def _rows(path: str) -> dict:
+def _rows(path: str, variant: str | None = None) -> dict:
     doc = json.loads(Path(path).read_text())
     if "rows" not in doc:
-        raise SystemExit(f"{path}: no per-architecture 'rows' (not a proxy.py or eval.py result)")
-    return {(r.get("split", ""), r["index"]): r for r in doc["rows"]}
+        raise SystemExit(f"{path}: no per-architecture 'rows' (not a proxy.py, eval.py or ft_probe.py result)")
+    if variant is None:
+        if any("variant" in r for r in doc["rows"]):
+            raise SystemExit(f"{path}: an ft_probe.py result; say which variants to compare (--variants CAND SHIPPED)")
+        return {(r.get("split", ""), r["index"]): r for r in doc["rows"]}
+    default = {r["index"]: r.get("ft") for r in doc["rows"] if r.get("variant") == "default"}
+    rows = {("", r["index"]): {"acc_pred": r["acc0"], "ft_pred": r.get("ft"), "ft_default": default.get(r["index"])}
+            for r in doc["rows"] if r.get("variant") == variant}
+    if not rows:
+        raise SystemExit(f"{path}: no rows of variant {variant!r}")
+    return rows
 
 
 def paired(cand: dict, ship: dict, key: str) -> dict | None:
@@ -53,9 +65,13 @@ def main(argv=None) -> int:
     p.add_argument("candidate")
     p.add_argument("shipped")
     p.add_argument("--out", default=None, help="write the comparison as JSON here")
+    p.add_argument("--variants", nargs=2, metavar=("CANDIDATE", "SHIPPED"), default=None,
+                   help="ft_probe.py results: the variant of each file to compare (e.g. "
+                        "post_norm_branch_scale=0.25 pred)")
     a = p.parse_args(argv)
-    cand, ship = _rows(a.candidate), _rows(a.shipped)
-    out = {"candidate": a.candidate, "shipped": a.shipped}
+    cv, sv = a.variants or (None, None)
+    cand, ship = _rows(a.candidate, cv), _rows(a.shipped, sv)
+    out = {"candidate": a.candidate, "shipped": a.shipped, "variants": a.variants}
     for key in ("acc_pred", "ft_pred"):
         r = paired(cand, ship, key)
         out[key] = r

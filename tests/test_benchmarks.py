@@ -213,6 +213,22 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="rows"):
         paired.main([str(tmp_path / "bad.json"), ship])
+    # one ft_probe.py file, two of its variants; default init from its "default" rows
+    probe = [{"index": 7, "variant": "default", "acc0": 0.1, "ft": 0.50},
+             {"index": 7, "variant": "pred", "acc0": 0.40, "ft": 0.30},
+             {"index": 7, "variant": "x=1", "acc0": 0.38, "ft": 0.55},
+             {"index": 9, "variant": "default", "acc0": 0.1, "ft": 0.60},
+             {"index": 9, "variant": "pred", "acc0": 0.30, "ft": 0.70},
+             {"index": 9, "variant": "x=1", "acc0": 0.30, "ft": 0.69}]
+    (tmp_path / "p.json").write_text(json.dumps({"rows": probe}))
+    pf = str(tmp_path / "p.json")
+    assert paired.main([pf, pf, "--variants", "x=1", "pred", "--out", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["no_harm"] == {"candidate": [2, 2], "shipped": [1, 2]} and abs(out["acc_pred"]["diff"] + 0.01) < 1e-12
+    with pytest.raises(SystemExit, match="--variants"):
+        paired.main([pf, pf])
+    with pytest.raises(SystemExit, match="no rows of variant"):
+        paired.main([pf, pf, "--variants", "y=2", "pred"])
 
 
 def test_ft_probe_reset_suffix_puts_only_that_kind_back_to_default_init(monkeypatch):
