@@ -106,6 +106,12 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
     g = GraphHyperNetwork.load(tmp_path / "again.safetensors")
     assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0), (1, 1.0)]
     assert g.extra["total_steps"] == 4 and math.isclose(g.extra["cpu_hours"], 6.0)
+    # the shipped file itself shipped again under another decoding setting: its lineage, the new setting
+    assert ship.main(["--ckpt", str(out), "--result", str(tmp_path / "r.json"), "--out",
+                      str(tmp_path / "re.safetensors"), "--post-norm-branch-scale", "0.5"]) == 0
+    g = GraphHyperNetwork.load(tmp_path / "re.safetensors")
+    assert g.config.post_norm_branch_scale == 0.5 and g.extra["total_steps"] == 3
+    assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0)]
     (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
     with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
