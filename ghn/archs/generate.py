@@ -80,10 +80,15 @@ def _chunk(args: Tuple[str, int, int, int]) -> List[Tuple[int, bytes, Tuple[str,
 
 
 def _pool(workers: int, exclude: Set[int]):
+    """Worker processes started clean (forkserver, else spawn), never forked from a caller that may hold torch's
+    OpenMP threads; a worker that dies raises ``BrokenProcessPool`` instead of leaving its chunk waited on forever
+    (a forked ``multiprocessing.Pool`` hung a test run that way)."""
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(exclude,))
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker,
+                               initargs=(exclude,))
 
 
 _FAMILY = re.compile(rb'"family":"([a-z_]+)"')
@@ -102,13 +107,12 @@ def _chunk_stream(split: str, seed: int, chunk_size: int, workers: int, excl: Se
                 k += 1
                 continue
             while len(window) < 4 * workers:
-                window.append(pool.apply_async(_chunk, ((split, seed, k, chunk_size),)))
+                window.append(pool.submit(_chunk, (split, seed, k, chunk_size)))
                 k += 1
-            yield window.popleft().get()
+            yield window.popleft().result()
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
         _init_worker(set())
 
 
