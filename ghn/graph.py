@@ -166,28 +166,28 @@ class ArchGraph:
     def __repr__(self) -> str:
         return f"ArchGraph({self.model_name}: {len(self.nodes)} nodes, {len(self.edges)} edges, {self._coverage})"
 
+    def _adjacent(self, forward: bool = True) -> Dict[int, List[int]]:
+        """Successors (``forward``) or predecessors of every node that has any."""
+        out: Dict[int, List[int]] = {}
+        for src, dst in self.edges:
+            a, b = (src, dst) if forward else (dst, src)
+            out.setdefault(a, []).append(b)
+        return out
+
     def norm_fed(self) -> Set[int]:
         """Nodes whose output feeds normalisations only: the scale of their weights is divided out (not part of
         the function), it only sets how fast SGD moves them."""
-        succ: Dict[int, List[str]] = {}
-        for src, dst in self.edges:
-            succ.setdefault(src, []).append(self.nodes[dst].op)
-        return {src for src, ops in succ.items() if all(op in NORM_OPS for op in ops)}
+        return {i for i, ds in self._adjacent().items() if all(self.nodes[d].op in NORM_OPS for d in ds)}
 
     def post_norm_branches(self) -> Set[int]:
         """Linear nodes that end a residual branch of a post-norm block, ``x -> norm(x + f(x))``: their output feeds
         adds only, and each of those adds feeds normalisations only and takes no other add (a post-norm
         transformer's attention and MLP output projections). A pre-norm block's add also feeds the next add, and the
         last one, which feeds only the final norm, takes the add before it: their branches are not among them."""
-        succ: Dict[int, List[int]] = {}
-        pred: Dict[int, List[int]] = {}
-        for src, dst in self.edges:
-            succ.setdefault(src, []).append(dst)
-            pred.setdefault(dst, []).append(src)
-        adds = {i for i, ds in succ.items() if self.nodes[i].op == "add"
-                and all(self.nodes[d].op in NORM_OPS for d in ds)
-                and not any(self.nodes[p].op == "add" for p in pred.get(i, []))}
-        return {i for i, ds in succ.items() if self.nodes[i].op == "linear" and all(d in adds for d in ds)}
+        pred = self._adjacent(forward=False)
+        adds = {i for i in self.norm_fed()
+                if self.nodes[i].op == "add" and not any(self.nodes[p].op == "add" for p in pred.get(i, []))}
+        return {i for i, ds in self._adjacent().items() if self.nodes[i].op == "linear" and all(d in adds for d in ds)}
 
     def conv_fed_norms(self) -> Set[str]:
         """The normalisation op types fed directly by a convolution's output: ``{"batch_norm"}`` for a ResNet,
