@@ -564,3 +564,16 @@ def test_post_norm_branch_scale_shrinks_only_post_norm_residual_branches(attn):
     assert all(torch.equal(a[k], b[k]) for k in a)  # a pre-norm ViT is decoded as before
     with pytest.raises(ValueError, match="post_norm_branch_scale must be > 0"):
         GraphHyperNetwork(post_norm_branch_scale=0.0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_post_norm_branches_of_torch_encoder_layers_with_dropout(norm_first):
+    """torch's own ``nn.TransformerEncoderLayer`` (as in BERT-style models) puts dropout between each branch's last
+    linear and the add; dropout is no graph node, so a post-norm layer's branches are found in train and eval mode."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True,
+                                                           norm_first=norm_first), 2, enable_nested_tensor=False)
+    want = set() if norm_first else {f"layers.{b}.{m}" for b in range(2) for m in ("self_attn.out_proj", "linear2")}
+    for training in (True, False):
+        g = ArchGraph.from_module(enc.train(training), torch.randn(2, 5, 16))
+        assert {g.nodes[i].name for i in g.post_norm_branches()} == want
