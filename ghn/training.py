@@ -562,12 +562,7 @@ class Trainer:
         """One optimisation step on a meta-batch; returns its log record."""
         cfg, acc, st = self.cfg, self.acc, self.state
         models = [m.to(acc.device) for m in models]
-        n, world = len(models), acc.num_processes
-        bi = torch.randint(len(self.labels), (cfg.batch_size,),
-                           generator=step_rng(cfg.seed, st.step, acc.process_index, "images"))
-        x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
-        distill = (Distill(self.teacher[bi].to(acc.device), cfg.distill_alpha, cfg.distill_temp)
-                   if self.teacher is not None else None)
+        x, y, distill = self._images()
         self.inner.record_trained_ops(graphs)  # before the forward: an op is trusted from its first step on
         with acc.accumulate(self.ghn):
             batch = self.inner.to_pyg_batch(graphs, datas)
@@ -580,30 +575,52 @@ class Trainer:
                 else:
                     res = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
                                           cfg.channels_last, cfg.feat_rank, distill)
+                    tensors, grads = None, None
             loss, n_capped, n_bad = robust_mean(res.losses, cfg.loss_cap)
             st.capped_archs += n_capped
             st.nonfinite_archs += n_bad
-            skipped = self._all_ranks(not bool(torch.isfinite(loss)))  # DDP: every rank skips together
-            if not skipped:
-                if cfg.arch_grad_norm:
-                    torch.autograd.backward(tensors, [g / cfg.grad_accum for g in grads])
-                else:
-                    acc.backward(loss)
-                if acc.sync_gradients:  # gradients are all-reduced by now: every rank decides the same
-                    gnorm = acc.clip_grad_norm_(self.ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                    skipped = gnorm is not None and not bool(torch.isfinite(torch.as_tensor(gnorm)))
-                    if skipped:
-                        self.opt.zero_grad(set_to_none=True)
-                self.opt.step()
-                self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
+            skipped = self._update(loss, tensors, grads)
         st.skipped_nan += int(skipped)
         st.consecutive_skipped = st.consecutive_skipped + 1 if skipped else 0
         st.step += 1
-        st.archs_seen += n * world
-        st.image_passes += cfg.batch_size * n * world  # one image through one network = one pass
-        # "loss" is the (capped) cross-entropy whatever the objective: curves with and without extra terms compare
-        mixed = cfg.feat_rank > 0 or distill is not None
+        st.archs_seen += len(models) * acc.num_processes
+        st.image_passes += cfg.batch_size * len(models) * acc.num_processes  # one image through one network = one pass
+        return self._record(res, loss, len(models), mixed=cfg.feat_rank > 0 or distill is not None)
+
+    def _images(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[Distill]]:
+        """This step's images and labels (and the teacher's logits of them when distilling): their own stream."""
+        cfg, acc = self.cfg, self.acc
+        bi = torch.randint(len(self.labels), (cfg.batch_size,),
+                           generator=step_rng(cfg.seed, self.state.step, acc.process_index, "images"))
+        x, y = self.images[bi].to(acc.device), self.labels[bi].to(acc.device)
+        distill = (Distill(self.teacher[bi].to(acc.device), cfg.distill_alpha, cfg.distill_temp)
+                   if self.teacher is not None else None)
+        return x, y, distill
+
+    def _update(self, loss: torch.Tensor, tensors, grads) -> bool:
+        """Backward (through the per-architecture normalised ``grads`` of ``tensors`` when given), clip, step;
+        returns whether the step was skipped (a non-finite loss or gradient on any rank)."""
+        cfg, acc = self.cfg, self.acc
+        skipped = self._all_ranks(not bool(torch.isfinite(loss)))  # DDP: every rank skips together
+        if not skipped:
+            if tensors is not None:
+                torch.autograd.backward(tensors, [g / cfg.grad_accum for g in grads])
+            else:
+                acc.backward(loss)
+            if acc.sync_gradients:  # gradients are all-reduced by now: every rank decides the same
+                gnorm = acc.clip_grad_norm_(self.ghn.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                skipped = gnorm is not None and not bool(torch.isfinite(torch.as_tensor(gnorm)))
+                if skipped:
+                    self.opt.zero_grad(set_to_none=True)
+            self.opt.step()
+            self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return skipped
+
+    def _record(self, res, loss: torch.Tensor, n: int, mixed: bool) -> Dict[str, Any]:
+        """The step's log record, averaged over ranks. "loss" is the (capped) cross-entropy whatever the objective
+        (``mixed``: extra terms), so curves with and without them compare."""
+        cfg, acc, st = self.cfg, self.acc, self.state
         ce = robust_mean(res.ce, cfg.loss_cap)[0] if mixed else loss
         means = acc.gather(torch.stack([ce.detach().float(), res.accs.mean(), _nanmean(res.feat_pr),
                                         loss.detach().float()]).unsqueeze(0)).mean(0)
