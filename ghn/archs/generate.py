@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -116,6 +117,24 @@ def _chunk_stream(split: str, seed: int, chunk_size: int, workers: int, excl: Se
         _init_worker(set())
 
 
+def _first_occurrences(chunks: Iterator[Any], rejected: Counter) -> Iterator[Tuple[bytes, int]]:
+    """The lines of a chunk stream seen for the first time, each with the draws it took (itself, and the rejected
+    and duplicate draws since the previous one); rejections are counted into ``rejected`` as they are met, so a
+    consumer that stops after a line has counted exactly the draws up to it."""
+    seen: Set[int] = set()
+    took = 0
+    for items in chunks:
+        for key, line, rej in items:
+            rejected.update(rej)
+            took += len(rej) + 1
+            if key in seen:
+                rejected["duplicate"] += 1
+                continue
+            seen.add(key)
+            yield line, took
+            took = 0
+
+
 def generate(split: str, n: int, seed: int = 0, out: Optional[PathLike] = None, workers: int = 2,
              exclude: Iterable[str] = (), exclude_files: Sequence[str] = (), chunk_size: int = CHUNK,
              progress: bool = False, keep_lines: bool = True) -> Tuple[List[bytes], Dict[str, Any]]:
@@ -157,27 +176,16 @@ def generate(split: str, n: int, seed: int = 0, out: Optional[PathLike] = None, 
                 keep(canonical_json({"family": "predefined", "name": nm}).encode())
             draws = kept
         else:
-            seen: Set[int] = set()
             if progress:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=n, desc=f"generate {split}", unit="arch", dynamic_ncols=True, file=sys.stderr)
             chunks = _chunk_stream(split, seed, chunk_size, workers, excl)
-            while kept < n:
-                items = next(chunks)
-                before = kept
-                for key, line, rej in items:
-                    if kept >= n:
-                        break
-                    rejected.update(rej)
-                    draws += len(rej) + 1
-                    if key in seen:
-                        rejected["duplicate"] += 1
-                        continue
-                    seen.add(key)
-                    keep(line)
+            for line, took in itertools.islice(_first_occurrences(chunks, rejected), n):
+                draws += took
+                keep(line)
                 if bar is not None:
-                    bar.update(kept - before)
+                    bar.update(1)
     except BaseException:
         if writer is not None:
             writer.abort()
