@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -71,6 +72,8 @@ class TrainConfig:
     feat_rank: float = 0.0            # > 0: adds -feat_rank * log(participation ratio of the classifier's input
                                       # features on the batch) per architecture: an anti-collapse term
     channels_last: bool = True        # target networks' conv weights in NHWC (~1.2x on CPU; float rounding differs)
+    arch_threads: int = 1             # > 1 (with arch_grad_norm): target networks run this many at once in Python
+                                      # threads of one intra-op thread each (same results as one thread)
     lookahead_steps: int = 0          # > 0 (with arch_grad_norm): also train on the loss after this many plain SGD
                                       # steps of each target network from its predicted weights (first-order)
     lookahead_lr: float = 0.2         # learning rate of those steps (gradient norm clipped at 5, as in fine-tuning)
@@ -296,7 +299,7 @@ def lookahead_grads(model: nn.Module, names: Dict[int, List[str]], theta0: List[
 def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.Module], x: torch.Tensor,
                           y: torch.Tensor, logit_norm: float = 0.0, channels_last: bool = False,
                           feat_rank: float = 0.0, lookahead: Optional["Lookahead"] = None,
-                          distill: Optional[Distill] = None):
+                          distill: Optional[Distill] = None, threads: int = 1):
     """Per-architecture gradients w.r.t. the predicted tensors, each scaled to unit norm.
 
     Without it the meta-batch gradient is dominated by the architectures with the steepest loss: on the train
@@ -309,30 +312,46 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
 
     With ``lookahead`` each architecture's gradient is the sum of the one at its predicted weights and the one after
     ``lookahead.steps`` plain SGD steps from them (:func:`lookahead_grads`), before the normalisation.
+
+    ``threads > 1`` runs that many target networks at once in Python threads, every op on one intra-op thread (the
+    networks' graphs are disjoint: each starts from its own detached leaves). The results, and their order, are
+    those of ``threads=1`` at one intra-op thread, bit for bit; on a 2-core CPU two networks side by side use the
+    cores better than one network on two intra-op threads (small convolutions parallelise poorly).
     """
-    out, tensors, grads = [], [], []
-    for model, params in zip(models, preds):
+    def one(model: nn.Module, params: Dict[str, torch.Tensor]):
         uniq = {id(t): t for t in params.values()}  # tied aliases share one tensor
         leaf = {i: t.detach().requires_grad_() for i, t in uniq.items()}
         loss, *rest = _arch_loss(model, {k: leaf[id(t)] for k, t in params.items()}, x, y, logit_norm,
                                  channels_last, feat_rank, distill)
         if not bool(torch.isfinite(loss)):
-            out.append((loss.detach(), *rest) + ((loss.detach(),) if lookahead else ()))
-            continue
+            return (loss.detach(), *rest) + ((loss.detach(),) if lookahead else ()), None, None
         gs = torch.autograd.grad(loss, list(leaf.values()))
         if lookahead is not None:
             names = {i: [k for k, t in params.items() if id(t) == i] for i in leaf}
             la_ce, la_gs = lookahead_grads(model, names, list(leaf.values()), gs, lookahead, logit_norm, channels_last)
-            out.append((loss.detach(), *rest, la_ce))
+            res = (loss.detach(), *rest, la_ce)
             if la_gs is not None:
                 gs = [g + h for g, h in zip(gs, la_gs)]
         else:
-            out.append((loss.detach(), *rest))
+            res = (loss.detach(), *rest)
         norm = torch.sqrt(sum(g.pow(2).sum() for g in gs))
         if not bool(torch.isfinite(norm)):
-            continue
-        tensors += list(uniq.values())
-        grads += [g / (norm + 1e-12) / len(models) for g in gs]
+            return res, None, None
+        return res, list(uniq.values()), [g / (norm + 1e-12) / len(models) for g in gs]
+
+    if threads > 1 and len(models) > 1:
+        intra = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, len(models)), thread_name_prefix="arch") as pool:
+                results = list(pool.map(one, models, preds))
+        finally:
+            torch.set_num_threads(intra)
+    else:
+        results = [one(m, p) for m, p in zip(models, preds)]
+    out = [r for r, _, _ in results]
+    tensors = [t for _, ts, _ in results if ts is not None for t in ts]
+    grads = [g for _, _, gs in results if gs is not None for g in gs]
     if not tensors and preds:  # every rank must still run a backward (DDP): a zero one through the first network
         tensors = list({id(t): t for t in preds[0].values()}.values())
         grads = [torch.zeros_like(t) for t in tensors]
@@ -571,7 +590,7 @@ class Trainer:
                     preds = self.ghn(graphs, batch)
                     res, tensors, grads = normalized_arch_grads(preds, models, x, y, cfg.logit_norm,
                                                                 cfg.channels_last, cfg.feat_rank, self._lookahead(),
-                                                                distill)
+                                                                distill, cfg.arch_threads)
                 else:
                     res = meta_batch_loss(self.ghn, models, graphs, x, y, batch, cfg.logit_norm,
                                           cfg.channels_last, cfg.feat_rank, distill)

@@ -256,6 +256,41 @@ def test_channels_last_gives_the_same_losses_and_gradients_up_to_rounding():
     assert all(u.shape == v.shape and torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(g1, g2))
 
 
+def test_arch_threads_give_the_one_thread_results_bit_for_bit_and_in_order():
+    from ghn.training import normalized_arch_grads
+
+    models, x, y, hyper, graphs = two_toy_networks(in_channels=3)
+    models, graphs = models + models[:1], graphs + graphs[:1]  # three networks: more than the two threads
+    preds = hyper(graphs)
+    preds[1] = {k: t * float("nan") if i == 0 else t for i, (k, t) in enumerate(preds[1].items())}  # non-finite
+    intra = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one, t1, g1 = normalized_arch_grads(preds, models, x, y, channels_last=True)
+    finally:
+        torch.set_num_threads(intra)
+    two, t2, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True, threads=2)
+    assert torch.get_num_threads() == intra  # restored
+    assert not bool(torch.isfinite(one.losses[1])) and len(t1) == len(t2) < sum(len(p) for p in preds)
+    assert all(a is b for a, b in zip(t1, t2))  # the same predicted tensors, in architecture order
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    torch.testing.assert_close(one.losses, two.losses, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(one.accs, two.accs)
+
+
+def test_a_run_with_arch_threads_is_the_one_thread_run(tmp_path):
+    intra = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, k in (("one", 1), ("two", 2)):
+            train(cfg(tmp_path, name, steps=4, meta_batch=3, arch_threads=k), data=ProtoData(), archs=ToyArchs())
+    finally:
+        torch.set_num_threads(intra)
+    assert losses(tmp_path / "one") == losses(tmp_path / "two")
+    assert all(torch.equal(a, b) for a, b in zip(state(tmp_path / "one" / "ghn.safetensors").values(),
+                                                 state(tmp_path / "two" / "ghn.safetensors").values()))
+
+
 def test_a_run_started_with_init_from_resumes(tmp_path):
     from ghn.training import resume_config
 
