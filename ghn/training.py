@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -314,7 +315,8 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
     ``lookahead.steps`` plain SGD steps from them (:func:`lookahead_grads`), before the normalisation.
 
     ``threads > 1`` runs that many target networks at once in Python threads, every op on one intra-op thread (the
-    networks' graphs are disjoint: each starts from its own detached leaves). The results, and their order, are
+    networks' graphs are disjoint: each starts from its own detached leaves; a model drawn twice in a meta-batch runs
+    once at a time, since ``functional_call`` swaps its parameters while it runs). The results, and their order, are
     those of ``threads=1`` at one intra-op thread, bit for bit; on a 2-core CPU two networks side by side use the
     cores better than one network on two intra-op threads (small convolutions parallelise poorly).
     """
@@ -340,11 +342,18 @@ def normalized_arch_grads(preds: List[Dict[str, torch.Tensor]], models: List[nn.
         return res, list(uniq.values()), [g / (norm + 1e-12) / len(models) for g in gs]
 
     if threads > 1 and len(models) > 1:
+        # functional_call swaps a module's parameters while it runs: a model drawn twice runs once at a time
+        locks = {id(m): threading.Lock() for m in models}
+
+        def locked(model: nn.Module, params: Dict[str, torch.Tensor]):
+            with locks[id(model)]:
+                return one(model, params)
+
         intra = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(min(threads, len(models)), thread_name_prefix="arch") as pool:
-                results = list(pool.map(one, models, preds))
+                results = list(pool.map(locked, models, preds))
         finally:
             torch.set_num_threads(intra)
     else:

@@ -260,9 +260,10 @@ def test_arch_threads_give_the_one_thread_results_bit_for_bit_and_in_order():
     from ghn.training import normalized_arch_grads
 
     models, x, y, hyper, graphs = two_toy_networks(in_channels=3)
-    models, graphs = models + models[:1], graphs + graphs[:1]  # three networks: more than the two threads
+    # three networks, more than the two threads; the first model drawn twice (its two runs must not overlap)
+    models, graphs = [models[0], *models], [graphs[0], *graphs]
     preds = hyper(graphs)
-    preds[1] = {k: t * float("nan") if i == 0 else t for i, (k, t) in enumerate(preds[1].items())}  # non-finite
+    preds[2] = {k: t * float("nan") if i == 0 else t for i, (k, t) in enumerate(preds[2].items())}  # non-finite
     intra = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -271,11 +272,34 @@ def test_arch_threads_give_the_one_thread_results_bit_for_bit_and_in_order():
         torch.set_num_threads(intra)
     two, t2, g2 = normalized_arch_grads(preds, models, x, y, channels_last=True, threads=2)
     assert torch.get_num_threads() == intra  # restored
-    assert not bool(torch.isfinite(one.losses[1])) and len(t1) == len(t2) < sum(len(p) for p in preds)
+    assert not bool(torch.isfinite(one.losses[2])) and len(t1) == len(t2) < sum(len(p) for p in preds)
     assert all(a is b for a, b in zip(t1, t2))  # the same predicted tensors, in architecture order
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
     torch.testing.assert_close(one.losses, two.losses, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(one.accs, two.accs)
+
+
+def test_arch_threads_never_run_one_model_twice_at_once():
+    import time
+
+    from ghn.training import normalized_arch_grads
+
+    class Slow(torch.nn.Module):  # records how many threads are inside its forward at once (sleep releases the GIL)
+        def __init__(self):
+            super().__init__()
+            self.fc, self.inside, self.most = torch.nn.Linear(4, 3), 0, 0
+
+        def forward(self, x):
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            time.sleep(0.05)
+            self.inside -= 1
+            return self.fc(x)
+
+    a, b = Slow(), Slow()
+    preds = [{k: t.detach().clone() for k, t in m.named_parameters()} for m in (a, a, b, a)]
+    res, _, _ = normalized_arch_grads(preds, [a, a, b, a], torch.randn(8, 4), torch.randint(0, 3, (8,)), threads=2)
+    assert a.most == 1 and bool(torch.isfinite(res.losses).all())
 
 
 def test_a_run_with_arch_threads_is_the_one_thread_run(tmp_path):
