@@ -34,17 +34,19 @@ session's end; one row is a few minutes) resumes from it when run again with the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from _results import PartialRows, ghn_fingerprint, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, PartialRows, ghn_fingerprint, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.training import classifier_layer
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # a cached row is this script's row
 
 
 def effective_rank(f: torch.Tensor) -> float:
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
     archs = ArchDataset(a.split)
     task = Task.of(train)
+    cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "default_init_cache.json", enabled=not a.fresh)
     rows = []
     for i in a.indices:
         def fresh(i=i):
@@ -210,24 +213,31 @@ def main(argv=None) -> int:
                 h.initialize(m, task.example_input())
             for mod in mods:
                 apply_modifier(m, fresh(), mod)
-            state = {k: t.clone() for k, t in m.state_dict().items()}
-            calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
-            row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v,
-                   "feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
-            row["loss0"], row["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
-            row["acc0"] = evaluate_init(m, train, test, calib_batches=5)
-            fts, ft_ranks = [], []
-            # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
-            for seed in range(a.seeds if a.steps > 0 else 0):
-                m = fresh()
-                m.load_state_dict(state)
-                finetune(m, train, epochs=1, lr=a.lr, max_steps=a.steps, seed=seed)
-                fts.append(evaluate_init(m, train, test, calib_batches=5))
-                ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
-            if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with
-                row["ft"], row["ft_erank"] = sum(fts) / len(fts), sum(ft_ranks) / len(ft_ranks)
-            if len(fts) > 1:
-                row["ft_seeds"] = fts
+
+            def measure(m=m, fresh=fresh):
+                state = {k: t.clone() for k, t in m.state_dict().items()}
+                calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
+                out = {"feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
+                out["loss0"], out["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
+                out["acc0"] = evaluate_init(m, train, test, calib_batches=5)
+                fts, ft_ranks = [], []
+                # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
+                for seed in range(a.seeds if a.steps > 0 else 0):
+                    m = fresh()
+                    m.load_state_dict(state)
+                    finetune(m, train, epochs=1, lr=a.lr, max_steps=a.steps, seed=seed)
+                    fts.append(evaluate_init(m, train, test, calib_batches=5))
+                    ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
+                if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with
+                    out["ft"], out["ft_erank"] = sum(fts) / len(fts), sum(ft_ranks) / len(ft_ranks)
+                if len(fts) > 1:
+                    out["ft_seeds"] = fts
+                return out
+
+            # default init's rows do not depend on the hypernetwork: kept across probes (and checkpoints)
+            found = (cache.get(cache.key(m, probe=PROBE_DIGEST, split=a.split, steps=a.steps, test_n=a.test_n,
+                                         seeds=a.seeds, lr=a.lr), measure) if v == "default" else measure())
+            row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v, **found}
             rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
     summary = summarize(rows)

@@ -1,5 +1,6 @@
 """The benchmark scripts' shared helpers (benchmarks/_results.py)."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -499,3 +500,27 @@ def test_ghn_pass_times_the_shipped_hypernetwork(tmp_path, monkeypatch):
     ghn_pass.main(["--n", "2", "--repeat", "1", "--save-preds", str(preds)])
     saved = torch.load(preds)
     assert len(saved) == 2 and all(t.dim() >= 1 for p in saved for t in p.values())
+
+
+def test_ft_probe_reuses_default_init_rows_across_probes(tmp_path, monkeypatch):
+    """Default init's rows do not depend on the hypernetwork: a second probe takes them from the cache."""
+    import sys
+
+    import ghn.datasets
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("ft_probe", None)
+    import ft_probe
+
+    real = ghn.datasets.get_dataset  # synthetic images of Fashion-MNIST's shape: no data needed
+    monkeypatch.setattr(ghn.datasets, "get_dataset", lambda name, root=None, train=True: real(
+        "synthetic", None, train, n=600 if train else 200, in_channels=1, image_size=28))
+    monkeypatch.setattr(ft_probe, "ROOT", tmp_path)  # the cache file lives under ROOT
+    args = ["--indices", "107", "--variants", "default", "--steps", "2", "--test-n", "100", "--threads", "1"]
+    assert ft_probe.main(args + ["--out", str(tmp_path / "a.json")]) == 0
+    monkeypatch.setattr(ft_probe, "step_response", lambda *a, **k: pytest.fail("default init measured again"))
+    assert ft_probe.main(args + ["--out", str(tmp_path / "b.json")]) == 0
+    rows = [json.loads((tmp_path / f).read_text())["rows"] for f in ("a.json", "b.json")]
+    assert rows[0] == rows[1] and rows[0][0]["variant"] == "default" and "ft" in rows[0][0]
+    with pytest.raises(pytest.fail.Exception):  # with --fresh nothing is reused
+        ft_probe.main(args + ["--out", str(tmp_path / "c.json"), "--fresh"])
