@@ -424,6 +424,9 @@ class Trainer:
         if cfg.lookahead_steps < 0 or (cfg.lookahead_steps > 0 and (not cfg.arch_grad_norm or cfg.lookahead_lr <= 0)):
             raise ValueError(f"--lookahead-steps {cfg.lookahead_steps}: must be >= 0, and > 0 needs --arch-grad-norm "
                              f"and --lookahead-lr > 0 (got {cfg.lookahead_lr})")
+        if cfg.arch_threads < 1 or (cfg.arch_threads > 1 and (not cfg.arch_grad_norm or cfg.mixed_precision != "no")):
+            raise ValueError(f"--arch-threads {cfg.arch_threads}: must be >= 1, and > 1 needs --arch-grad-norm and "
+                             f"--mixed-precision no (autocast does not reach other threads; got {cfg.mixed_precision})")
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg

@@ -315,6 +315,13 @@ def test_a_run_with_arch_threads_is_the_one_thread_run(tmp_path):
                                                  state(tmp_path / "two" / "ghn.safetensors").values()))
 
 
+@pytest.mark.parametrize("bad", [dict(arch_threads=0), dict(arch_threads=2, arch_grad_norm=False),
+                                 dict(arch_threads=2, mixed_precision="bf16")])
+def test_arch_threads_refuses_what_it_cannot_do_in_one_line(tmp_path, bad):
+    with pytest.raises(ValueError, match="--arch-threads"):
+        train(cfg(tmp_path, "bad", steps=1, **bad), data=ProtoData(), archs=ToyArchs())
+
+
 def test_a_run_started_with_init_from_resumes(tmp_path):
     from ghn.training import resume_config
 
