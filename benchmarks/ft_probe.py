@@ -158,11 +158,33 @@ def apply_modifier(m: nn.Module, default: nn.Module, mod: str) -> None:
                          "@reset=conv|norm|head")
 
 
+def measure(m: nn.Module, fresh, train, test, a) -> dict:
+    """A probe row's measurements of model ``m`` (``fresh()`` builds its architecture again; ``a``: the settings)."""
+    from ghn.evaluation import batches as data_batches
+    from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
+
+    state = {k: t.clone() for k, t in m.state_dict().items()}
+    calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
+    out = {"feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
+    out["loss0"], out["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
+    out["acc0"] = evaluate_init(m, train, test, calib_batches=5)
+    fts, ft_ranks = [], []
+    for seed in range(a.seeds if a.steps > 0 else 0):  # data orders: 100 steps at lr 0.05 are chaotic
+        m = fresh()
+        m.load_state_dict(state)
+        finetune(m, train, epochs=1, lr=a.lr, max_steps=a.steps, seed=seed)
+        fts.append(evaluate_init(m, train, test, calib_batches=5))
+        ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
+    if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with
+        out["ft"], out["ft_erank"] = sum(fts) / len(fts), sum(ft_ranks) / len(ft_ranks)
+    if len(fts) > 1:
+        out["ft_seeds"] = fts
+    return out
+
+
 def main(argv=None) -> int:
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
-    from ghn.evaluation import batches as data_batches
-    from ghn.evaluation import calibrate_norm_stats, evaluate_init, finetune
     from ghn.hypernet import load_pretrained
     from ghn.task import Task
 
@@ -214,29 +236,10 @@ def main(argv=None) -> int:
             for mod in mods:
                 apply_modifier(m, fresh(), mod)
 
-            def measure(m=m, fresh=fresh):
-                state = {k: t.clone() for k, t in m.state_dict().items()}
-                calibrate_norm_stats(m, (x for x, _ in data_batches(train, 128, 0, limit=5)))
-                out = {"feat_erank": effective_rank(classifier_features(m, train.images[:512]))}
-                out["loss0"], out["step_loss"] = step_response(m, train.images[:256], train.labels[:256])
-                out["acc0"] = evaluate_init(m, train, test, calib_batches=5)
-                fts, ft_ranks = [], []
-                # data orders: 100 steps at lr 0.05 are chaotic, one run is one sample
-                for seed in range(a.seeds if a.steps > 0 else 0):
-                    m = fresh()
-                    m.load_state_dict(state)
-                    finetune(m, train, epochs=1, lr=a.lr, max_steps=a.steps, seed=seed)
-                    fts.append(evaluate_init(m, train, test, calib_batches=5))
-                    ft_ranks.append(effective_rank(classifier_features(m, train.images[:512])))
-                if fts:  # where fine-tuning ends: its accuracy and the rank of the features it ends with
-                    out["ft"], out["ft_erank"] = sum(fts) / len(fts), sum(ft_ranks) / len(ft_ranks)
-                if len(fts) > 1:
-                    out["ft_seeds"] = fts
-                return out
-
             # default init's rows do not depend on the hypernetwork: kept across probes (and checkpoints)
             found = (cache.get(cache.key(m, probe=PROBE_DIGEST, split=a.split, steps=a.steps, test_n=a.test_n,
-                                         seeds=a.seeds, lr=a.lr), measure) if v == "default" else measure())
+                                         seeds=a.seeds, lr=a.lr), lambda: measure(m, fresh, train, test, a))
+                     if v == "default" else measure(m, fresh, train, test, a))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v, **found}
             rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)
