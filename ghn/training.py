@@ -683,7 +683,8 @@ class Trainer:
             dt = max(now - t0, 1e-9)
             record["archs_per_s"] = (st.archs_seen - archs0) / dt
             record["images_per_s"] = (st.image_passes - imgs0) / dt
-            record["cores"] = torch.get_num_threads() * self.acc.num_processes  # for CPU-hours (ghn.plot)
+            # for CPU-hours (ghn.plot): arch threads of one core each can use more cores than the intra-op threads
+            record["cores"] = max(torch.get_num_threads(), self.cfg.arch_threads) * self.acc.num_processes
             self._last = (now, st.archs_seen, st.image_passes)
             if self.acc.is_main_process:
                 with open(self.log_path, "a") as f:

@@ -311,6 +311,8 @@ def test_a_run_with_arch_threads_is_the_one_thread_run(tmp_path):
     finally:
         torch.set_num_threads(intra)
     assert losses(tmp_path / "one") == losses(tmp_path / "two")
+    cores = [[json.loads(line)["cores"] for line in open(tmp_path / n / "log.jsonl")] for n in ("one", "two")]
+    assert set(cores[0]) == {1} and set(cores[1]) == {2}  # CPU-hours count the cores the threads used
     assert all(torch.equal(a, b) for a, b in zip(state(tmp_path / "one" / "ghn.safetensors").values(),
                                                  state(tmp_path / "two" / "ghn.safetensors").values()))
 
