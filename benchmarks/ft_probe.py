@@ -218,6 +218,8 @@ def main(argv=None) -> int:
     archs = ArchDataset(a.split)
     task = Task.of(train)
     cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "default_init_cache.json", enabled=not a.fresh)
+    seen = (train.labels, test.labels, train.images[:64])  # which images: a cached row is never another dataset's
+    data = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in seen)).hexdigest()[:16]
     rows = []
     for i in a.indices:
         def fresh(i=i):
@@ -237,9 +239,10 @@ def main(argv=None) -> int:
                 apply_modifier(m, fresh(), mod)
 
             # default init's rows do not depend on the hypernetwork: kept across probes (and checkpoints)
-            found = (cache.get(cache.key(m, probe=PROBE_DIGEST, split=a.split, steps=a.steps, test_n=a.test_n,
-                                         seeds=a.seeds, lr=a.lr), lambda: measure(m, fresh, train, test, a))
-                     if v == "default" else measure(m, fresh, train, test, a))
+            key = cache.key(m, probe=PROBE_DIGEST, data=data, split=a.split, steps=a.steps, test_n=a.test_n,
+                            seeds=a.seeds, lr=a.lr)
+            found = (cache.get(key, lambda: measure(m, fresh, train, test, a)) if v == "default"
+                     else measure(m, fresh, train, test, a))
             row = {"index": i, "family": archs[i]["family"], "norm": archs[i].get("norm"), "variant": v, **found}
             rows.append(partial.add(row))
             print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}), flush=True)

@@ -390,6 +390,7 @@ def test_ft_probe_resumes_a_stopped_probe_from_its_partial_rows(tmp_path, monkey
             raise KeyboardInterrupt  # a session's end
 
     monkeypatch.setattr(ghn.datasets, "get_dataset", data)
+    monkeypatch.setattr(ft_probe, "ROOT", tmp_path)  # its default-init cache: never the repository's
     monkeypatch.setattr(ghn.evaluation, "finetune", lambda *a, **kw: fake_finetune(*a, stop_at=3, **kw))
     out = tmp_path / "p.json"
     argv = ["--indices", "107", "172", "--variants", "default", "pred", "--test-n", "16", "--threads", "1",
@@ -524,3 +525,7 @@ def test_ft_probe_reuses_default_init_rows_across_probes(tmp_path, monkeypatch):
     assert rows[0] == rows[1] and rows[0][0]["variant"] == "default" and "ft" in rows[0][0]
     with pytest.raises(pytest.fail.Exception):  # with --fresh nothing is reused
         ft_probe.main(args + ["--out", str(tmp_path / "c.json"), "--fresh"])
+    monkeypatch.setattr(ghn.datasets, "get_dataset", lambda name, root=None, train=True: real(
+        "synthetic", None, train, n=600 if train else 200, in_channels=1, image_size=28, seed=1))
+    with pytest.raises(pytest.fail.Exception):  # other images: another dataset's rows are never reused
+        ft_probe.main(args + ["--out", str(tmp_path / "d.json")])
