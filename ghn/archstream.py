@@ -50,6 +50,18 @@ def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_
     return indices[:pool_size] if pool_size > 0 else indices
 
 
+def split_by_size(archs, indices: Optional[List[int]], task: Task, small_params: int) -> Tuple[List[int], List[int]]:
+    """Positions in the pool (``indices``, None: every architecture) of the architectures with at most
+    ``small_params`` parameters, and of the others."""
+    from ghn.archs.counting import count_params
+
+    indices = list(range(len(archs))) if indices is None else indices
+    small, large = [], []
+    for pos, i in enumerate(indices):
+        (small if count_params(archs[i], **task.model_kwargs()) <= small_params else large).append(pos)
+    return small, large
+
+
 def step_rng(seed: int, step: int, rank: int, what: str) -> torch.Generator:
     """A generator seeded from ``(seed, step, rank, what)`` only."""
     h = hashlib.sha256(f"{seed}/{step}/{rank}/{what}".encode()).digest()
@@ -99,16 +111,25 @@ class StepArchs(torch.utils.data.Dataset):
     """
 
     def __init__(self, pool: ArchPool, seed: int, rank: int, meta_batch: int, budget: int,
-                 featurize: Optional[Callable[[ArchGraph], Any]] = None):
+                 featurize: Optional[Callable[[ArchGraph], Any]] = None,
+                 mix: Optional[Tuple[float, List[int], List[int]]] = None):
         self.pool, self.seed, self.rank, self.meta_batch, self.budget = pool, seed, rank, meta_batch, budget
         self.featurize = featurize  # the hypernetwork's graph -> PyG Data (GraphHyperNetwork.featurizer)
+        self.mix = mix  # (share, small, large): each slot draws from the pool positions ``small`` with that
+        #                 probability, else from ``large`` (split_by_size); None: uniform over the pool
 
     def __len__(self) -> int:
         return 1 << 62
 
     def __getitem__(self, step: int):
         g = step_rng(self.seed, step, self.rank, "archs")
-        idx = torch.randint(len(self.pool), (self.meta_batch,), generator=g).tolist()
+        if self.mix is None:
+            idx = torch.randint(len(self.pool), (self.meta_batch,), generator=g).tolist()
+        else:
+            share, small, large = self.mix
+            which = (torch.rand(self.meta_batch, generator=g) < share).tolist()
+            u = torch.rand(self.meta_batch, generator=g, dtype=torch.float64).tolist()
+            idx = [(small if s else large)[int(x * len(small if s else large))] for s, x in zip(which, u)]
         models, graphs = zip(*[self.pool.get(i, torch.device("cpu")) for i in idx])
         sizes = [sum(math.prod(r.shape) for _, r in gr.param_refs()) for gr in graphs]
         n = pack_meta_batch(sizes, self.budget)

@@ -36,6 +36,7 @@ from ghn.archstream import (
     pack_meta_batch,
     parse_arch_filter,
     select_archs,
+    split_by_size,
     step_rng,
 )
 from ghn.fastconv import fast_convs
@@ -86,6 +87,9 @@ class TrainConfig:
     max_arch_params: int = 0          # > 0: train only on architectures with at most this many parameters
     pool_size: int = 0                # > 0: train only on the first N architectures (after the filters)
     arch_filter: str = ""             # e.g. "norm=bn" or "family=cnn;norm=bn|gn": spec fields that must match
+    small_share: float = 0.0          # > 0: each architecture of a step is drawn from those with at most
+                                      # small_params parameters with this probability, else from the larger ones
+    small_params: int = 500_000       # (after the filters above; 0 < small_share < 1 needs both groups non-empty)
     ckpt_every: int = 500
     keep_checkpoints: int = 0         # > 0: keep only the newest N checkpoint directories (0: keep all)
     log_every: int = 10
@@ -103,7 +107,7 @@ class TrainConfig:
 RESUME_FIXED = ("dataset", "seed", "lr", "weight_decay", "warmup_steps", "grad_clip", "grad_accum", "meta_batch",
                 "batch_size", "mixed_precision", "max_params_per_step", "loss_cap", "logit_norm", "arch_grad_norm",
                 "feat_rank", "channels_last", "lookahead_steps", "lookahead_lr", "max_arch_params", "pool_size",
-                "arch_filter", "distill", "distill_alpha", "distill_temp")
+                "arch_filter", "small_share", "small_params", "distill", "distill_alpha", "distill_temp")
 # hypernetwork settings a resume may switch: decoding dials with no parameters of their own (the weights, optimizer,
 # schedule and data order continue; later checkpoints store the new value, so their resumes stay exact)
 RESUME_SWITCHABLE = ("max_dir_ratio",)
@@ -427,6 +431,9 @@ class Trainer:
         if cfg.arch_threads < 1 or (cfg.arch_threads > 1 and (not cfg.arch_grad_norm or cfg.mixed_precision != "no")):
             raise ValueError(f"--arch-threads {cfg.arch_threads}: must be >= 1, and > 1 needs --arch-grad-norm and "
                              f"--mixed-precision no (autocast does not reach other threads; got {cfg.mixed_precision})")
+        if not 0 <= cfg.small_share < 1 or cfg.small_params < 1:
+            raise ValueError(f"--small-share {cfg.small_share} / --small-params {cfg.small_params}: need "
+                             "0 <= share < 1 (0: uniform over all) and a parameter count >= 1")
         if cfg.resume and cfg.init_from:
             raise ValueError("--resume and --init-from are exclusive: resume continues a run, init-from starts one")
         self.cfg = cfg
@@ -460,8 +467,17 @@ class Trainer:
         indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)
         # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
         pool = ArchPool(archs, self.task, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
+        mix = None
+        if cfg.small_share > 0:
+            small, large = split_by_size(archs, indices, self.task, cfg.small_params)
+            if not small or not large:
+                raise ValueError(f"--small-share {cfg.small_share}: {'no' if not small else 'every'} architecture of "
+                                 f"the pool has <= {cfg.small_params} parameters (--small-params); nothing to mix")
+            mix = (cfg.small_share, small, large)
         if acc.is_main_process:
-            print(f"training on {len(pool.indices):,} architectures of {cfg.archs}", file=sys.stderr, flush=True)
+            part = f" ({cfg.small_share:.0%} of draws from the {len(mix[1]):,} with <= {cfg.small_params:,} " \
+                   "parameters)" if mix else ""
+            print(f"training on {len(pool.indices):,} architectures of {cfg.archs}{part}", file=sys.stderr, flush=True)
         self._build_model()
         self.state = TrainerState()
         if self.resume_dir is not None:
@@ -473,7 +489,7 @@ class Trainer:
         if acc.is_main_process:
             rundir.truncate_log(self.log_path, self.state.step)  # a resume repeats the steps after the checkpoint
         self.stream = StepArchs(pool, cfg.seed, acc.process_index, cfg.meta_batch, cfg.max_params_per_step,
-                                self.inner.featurizer())
+                                self.inner.featurizer(), mix)
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
 

@@ -472,3 +472,45 @@ def test_lookahead_trains_logs_and_resumes_exactly(tmp_path):
 def test_bad_lookahead_settings_are_one_line_errors(tmp_path, kw):
     with pytest.raises(ValueError, match="--lookahead-steps"):
         train(cfg(tmp_path, "bad", **kw), data=ProtoData(), archs=ToyArchs())
+
+
+def test_small_share_draws_each_slot_from_its_size_group_and_repeats_per_step():
+    from ghn.archstream import StepArchs
+
+    class Pool:  # records the pool positions a step asks for; builds nothing
+        def __len__(self):
+            return 10
+
+        def get(self, i, device):
+            return i, type("G", (), {"param_refs": lambda self: []})()
+
+    small, large = [0, 3], [1, 2, 4, 5, 6, 7, 8, 9]
+    mixed = StepArchs(Pool(), seed=0, rank=0, meta_batch=4, budget=10**9, mix=(0.5, small, large))
+    drawn = [i for s in range(500) for i in mixed[s][0]]
+    assert set(drawn) == set(small) | set(large)  # every position of both groups is reachable
+    share = sum(i in small for i in drawn) / len(drawn)
+    assert 0.45 < share < 0.55  # 2 of 10 positions, drawn half of the time
+    assert mixed[7][0] == mixed[7][0]  # a pure function of the step (exact resumes)
+    uniform = StepArchs(Pool(), seed=0, rank=0, meta_batch=4, budget=10**9)
+    assert sum(i in small for s in range(500) for i in uniform[s][0]) / len(drawn) < 0.25
+
+
+def test_split_by_size_and_small_share_errors_are_one_line(tmp_path):
+    from ghn.archs.counting import count_params
+    from ghn.archstream import split_by_size
+    from ghn.data import ArchDataset
+    from ghn.task import Task
+
+    archs, task = ArchDataset("test"), Task.of(ProtoData())
+    small, large = split_by_size(archs, None, task, 500_000)
+    assert sorted(small + large) == list(range(len(archs))) and small and large
+    assert all(count_params(archs[i], **task.model_kwargs()) <= 500_000 for i in small)
+    assert all(count_params(archs[i], **task.model_kwargs()) > 500_000 for i in large)
+    sub = [4, 9, 2]  # positions refer to the filtered pool, not to the dataset
+    s2, l2 = split_by_size(archs, sub, task, 500_000)
+    assert sorted(s2 + l2) == [0, 1, 2] and all((sub[p] in small) for p in s2)
+    with pytest.raises(ValueError, match="every architecture .* <= 1000000000 parameters"):
+        train(cfg(tmp_path, "all", steps=1, small_share=0.5, small_params=10**9), data=ProtoData(), archs=archs)
+    for bad in (dict(small_share=1.0), dict(small_share=-0.1), dict(small_share=0.5, small_params=0)):
+        with pytest.raises(ValueError, match="--small-share"):
+            train(cfg(tmp_path, "bad", steps=1, **bad), data=ProtoData(), archs=archs)
