@@ -54,7 +54,13 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size
             return timm.create_model(attr, pretrained=False, num_classes=num_classes, in_chans=in_channels)
         if prefix == "hf":
             tr = _optional("transformers", "nlp")
-            return tr.AutoModelForCausalLM.from_config(tr.AutoConfig.from_pretrained(attr))
+            try:
+                config = tr.AutoConfig.from_pretrained(attr)
+            except OSError as e:  # offline, unknown id, or a directory without config.json: one line, no traceback
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FileNotFoundError(f"{name}: no model config ({first}); give a Hub id reachable from here or "
+                                        "a local directory with config.json") from None
+            return tr.AutoModelForCausalLM.from_config(config)
         obj = importlib.import_module(prefix)
         for part in attr.split("."):
             obj = getattr(obj, part)

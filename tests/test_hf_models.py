@@ -67,3 +67,15 @@ def test_initialize_writes_every_parameter_finite(name, hyper):
     assert [k for k in before if torch.equal(before[k], after[k])] == []
     with torch.no_grad():
         assert torch.isfinite(model(tokens()).logits).all()
+
+
+def test_hf_name_takes_a_local_config_directory_and_a_bad_one_is_one_line(tmp_path):
+    from ghn.zoo import get_model
+
+    tr.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=16, bos_token_id=0,
+                  eos_token_id=0).save_pretrained(tmp_path / "tiny")
+    model = get_model(f"hf:{tmp_path / 'tiny'}")
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.config.n_embd == 32
+    with pytest.raises(FileNotFoundError, match=r"^hf:\S+missing: no model config \(.*\); give a Hub id") as e:
+        get_model(f"hf:{tmp_path / 'missing'}")
+    assert "\n" not in str(e.value)
