@@ -144,8 +144,8 @@ def _row_settings(a) -> dict:
             "threads": max(1, torch.get_num_threads() // max(1, a.procs)), "torch": torch.__version__}
 
 
-def main(argv=None) -> int:
-    from ghn.hypernet import add_config_arguments, pop_config_overrides
+def _parser() -> argparse.ArgumentParser:
+    from ghn.hypernet import add_config_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="hypernetwork checkpoint; default: the shipped one")
@@ -182,13 +182,11 @@ def main(argv=None) -> int:
                    help="default-init results are reused from here (keyed by the model's tensors, the evaluation "
                    "code and every setting); 'none' recomputes them")
     add_config_arguments(p)
-    a = p.parse_args(argv)
-    a.ghn_over = pop_config_overrides(vars(a))  # decoding settings that keep the tensors (--default-scale-under-norm)
-    if a.speedup and 1.0 not in a.epochs:
-        p.error("--speedup measures against the 1-epoch budget: add --epochs 1")
-    if min(a.speedup_at) < 1:
-        p.error(f"--speedup-at takes SGD step counts >= 1, got {min(a.speedup_at)}")
+    return p
 
+
+def _todo(a) -> list:
+    """``(split, index)`` of every architecture the settings ask for, in order."""
     from ghn.data import ArchDataset
 
     todo = []
@@ -203,16 +201,11 @@ def main(argv=None) -> int:
             idx = [i for i in idx if count_params(archs[i], d.num_classes, d.in_channels, d.image_size) <= a.max_params]
         idx = idx[:a.n] if a.indices is None else list(a.indices)
         todo += [(sp, i) for i in idx]
-    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
-    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), ("split", "index"),
-                          fresh=a.fresh)
-    for other in a.rows_from:
-        print(f"adopted {partial.adopt(other)} rows from {other}", flush=True)
-    done = partial.rows()
-    left = [t for t in todo if t not in done]
-    if done:
-        print(f"resuming: {len(todo) - len(left)} of {len(todo)} architectures from {partial.path}", flush=True)
-    t0 = time.perf_counter()
+    return todo
+
+
+def _evaluate(a, left: list, done: dict, partial: PartialRows) -> None:
+    """Evaluate the architectures ``left`` (in ``a.procs`` processes), each row saved as soon as it is done."""
     if a.procs > 1 and left:
         import multiprocessing as mp
 
@@ -223,11 +216,10 @@ def main(argv=None) -> int:
         _setup(a)
         for t in left:
             done[t] = partial.add(_eval_arch(t))
-    rows = [done[t] for t in todo]
-    from ghn.hypernet import load_pretrained
 
-    ckpt_extra = getattr(load_pretrained(a.ckpt), "extra", {})
 
+def summarize(rows: list, epochs, steps, speedup: bool = False) -> dict:
+    """Means over the rows, by kind, family and size band, and each fine-tuning budget's wins and no-harm share."""
     def mean(k):
         return statistics.mean(r[k] for r in rows)
 
@@ -244,15 +236,42 @@ def main(argv=None) -> int:
         summary[g] = {k: {"n": len(v), "acc_pred_mean": statistics.mean(r["acc_pred"] for r in v),
                           "acc_default_mean": statistics.mean(r["acc_default"] for r in v)}
                       for k, v in sorted(members.items())}
-    if a.speedup:
+    if speedup:
         summary["speedup_median"] = statistics.median(r["speedup"] for r in rows)
-    for key in [f"ft{e:g}" for e in a.epochs] + [f"ft{n}s" for n in a.steps]:
+    for key in [f"ft{e:g}" for e in epochs] + [f"ft{n}s" for n in steps]:
         summary[f"{key}_pred_mean"] = mean(f"{key}_pred")
         summary[f"{key}_default_mean"] = mean(f"{key}_default")
         summary[f"{key}_pred_wins"] = sum(r[f"{key}_pred"] > r[f"{key}_default"] for r in rows) / len(rows)
         summary[f"{key}_no_harm"] = sum(no_harm(r[f"{key}_pred"], r[f"{key}_default"]) for r in rows) / len(rows)
+    return summary
+
+
+def main(argv=None) -> int:
+    from ghn.hypernet import load_pretrained, pop_config_overrides
+
+    p = _parser()
+    a = p.parse_args(argv)
+    a.ghn_over = pop_config_overrides(vars(a))  # decoding settings that keep the tensors (--default-scale-under-norm)
+    if a.speedup and 1.0 not in a.epochs:
+        p.error("--speedup measures against the 1-epoch budget: add --epochs 1")
+    if min(a.speedup_at) < 1:
+        p.error(f"--speedup-at takes SGD step counts >= 1, got {min(a.speedup_at)}")
+    todo = _todo(a)
+    out = Path(a.out or f"benchmarks/results/eval_{a.dataset}_{'+'.join(a.split)}.json")
+    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), _row_settings(a), ("split", "index"),
+                          fresh=a.fresh)
+    for other in a.rows_from:
+        print(f"adopted {partial.adopt(other)} rows from {other}", flush=True)
+    done = partial.rows()
+    left = [t for t in todo if t not in done]
+    if done:
+        print(f"resuming: {len(todo) - len(left)} of {len(todo)} architectures from {partial.path}", flush=True)
+    t0 = time.perf_counter()
+    _evaluate(a, left, done, partial)
+    rows = [done[t] for t in todo]
+    summary = summarize(rows, a.epochs, a.steps, a.speedup)
     doc = {"procs": a.procs, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "args": vars(a), "ckpt_extra": ckpt_extra,
+           "args": vars(a), "ckpt_extra": getattr(load_pretrained(a.ckpt), "extra", {}),
            "seconds": time.perf_counter() - t0, "summary": summary, "rows": rows}
     write_results(out, doc)
     partial.path.unlink(missing_ok=True)  # every row is in the results now
