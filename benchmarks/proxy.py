@@ -65,67 +65,96 @@ def train_design(a, ghn_over: dict) -> Path:
     return ckpt
 
 
-def eval_design(a, ckpt: Path) -> dict:
+_CTX: dict = {}  # what every architecture's row needs, loaded once per process (_setup_eval)
+
+
+def _setup_eval(a, ckpt: Path) -> None:
     from ghn.data import ArchDataset
     from ghn.datasets import get_dataset
-    from ghn.evaluation import evaluate_init, finetune
     from ghn.hypernet import GraphHyperNetwork
-    from ghn.inspect import inspect_model
     from ghn.task import Task
 
+    torch.set_num_threads(a.threads)  # also in worker processes: the default-init cache keys carry it
     hyper = GraphHyperNetwork.load(ckpt)
     if a.eval_only and a.ghn_over:  # a decoding setting that keeps the tensors (e.g. --norm-scale)
         hyper = hyper.with_config(**a.ghn_over)
     train = get_dataset("fashion-mnist", None, train=True)
     test = get_dataset("fashion-mnist", None, train=False)
     test.images, test.labels = test.images[:a.test_n], test.labels[:a.test_n]
-    task = Task.of(train)
-    val = ArchDataset("val")
-    todo = small_archs(val, a.n, a.max_arch_params, task.in_channels, task.image_size)
-    x = task.example_input()
     # Default init does not depend on the design: its results are cached per architecture and setting.
     cache = DefaultInitCache(ROOT / "benchmarks" / "results" / "proxy" / "_default_init.json",
                              enabled=not a.no_default_cache)
-    reused = _reused_ft(a, ckpt)
-    rows = []
-    for k, i in enumerate(todo):
-        def fresh(i=i):
-            torch.manual_seed(i)
-            return val.build(i, **task.model_kwargs())
+    _CTX.update(a=a, hyper=hyper, train=train, test=test, task=Task.of(train), val=ArchDataset("val"), cache=cache,
+                reused=_reused_ft(a, ckpt))
 
-        model = fresh()
-        ins = inspect_model(model, hyper, x).summary()
-        pred = fresh()
-        hyper.initialize(pred, x)
-        settings, untrained = dict(dataset="fashion-mnist", test_n=a.test_n, calib=a.calib_batches), fresh()
-        row = {"index": i, "family": val[i]["family"], "norm": val[i].get("norm"), **ins,
-               "acc_pred": evaluate_init(pred, train, test, calib_batches=a.calib_batches),
-               "acc_default": cache.get(cache.key(untrained, **settings), lambda: evaluate_init(
-                   fresh(), train, test, calib_batches=a.calib_batches))}
-        if k < a.ft_n and i in reused:
-            row.update(reused[i])
-        elif k < a.ft_n:
-            state = {n: t.clone() for n, t in pred.state_dict().items()}
-            fp, fd = [], []
-            for seed in range(a.ft_seeds):  # data orders (seed 0: the protocol's original single run)
+
+def _arch_row(job) -> dict:
+    """The row of the ``k``-th val architecture ``i``: spectrum, no-training top-1, and fine-tuning if k < ft_n."""
+    from ghn.evaluation import evaluate_init, finetune
+    from ghn.inspect import inspect_model
+
+    k, i = job
+    a, hyper, train, test, task, val, cache = (_CTX[n] for n in ("a", "hyper", "train", "test", "task", "val",
+                                                                 "cache"))
+    x = task.example_input()
+
+    def fresh():
+        torch.manual_seed(i)
+        return val.build(i, **task.model_kwargs())
+
+    model = fresh()
+    ins = inspect_model(model, hyper, x).summary()
+    pred = fresh()
+    hyper.initialize(pred, x)
+    settings, untrained = dict(dataset="fashion-mnist", test_n=a.test_n, calib=a.calib_batches), fresh()
+    row = {"index": i, "family": val[i]["family"], "norm": val[i].get("norm"), **ins,
+           "acc_pred": evaluate_init(pred, train, test, calib_batches=a.calib_batches),
+           "acc_default": cache.get(cache.key(untrained, **settings), lambda: evaluate_init(
+               fresh(), train, test, calib_batches=a.calib_batches))}
+    if k < a.ft_n and i in _CTX["reused"]:
+        row.update(_CTX["reused"][i])
+    elif k < a.ft_n:
+        state = {n: t.clone() for n, t in pred.state_dict().items()}
+        fp, fd = [], []
+        for seed in range(a.ft_seeds):  # data orders (seed 0: the protocol's original single run)
+            m = fresh()
+            m.load_state_dict(state)
+            finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps, seed=seed)
+            fp.append(evaluate_init(m, train, test, calib_batches=a.calib_batches))
+
+            def ft_default(seed=seed):
                 m = fresh()
-                m.load_state_dict(state)
                 finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps, seed=seed)
-                fp.append(evaluate_init(m, train, test, calib_batches=a.calib_batches))
+                return evaluate_init(m, train, test, calib_batches=a.calib_batches)
 
-                def ft_default(seed=seed):
-                    m = fresh()
-                    finetune(m, train, epochs=1, lr=0.05, max_steps=a.ft_steps, seed=seed)
-                    return evaluate_init(m, train, test, calib_batches=a.calib_batches)
+            seed_key = {"ft_seed": seed} if seed else {}  # seed 0 keeps the keys cached before seeds existed
+            fd.append(cache.get(cache.key(untrained, **settings, ft_steps=a.ft_steps, lr=0.05, **seed_key),
+                                ft_default))
+        row["ft_pred"], row["ft_default"] = statistics.mean(fp), statistics.mean(fd)
+        if a.ft_seeds > 1:
+            row["ft_pred_seeds"], row["ft_default_seeds"] = fp, fd
+    return row
 
-                seed_key = {"ft_seed": seed} if seed else {}  # seed 0 keeps the keys cached before seeds existed
-                fd.append(cache.get(cache.key(untrained, **settings, ft_steps=a.ft_steps, lr=0.05, **seed_key),
-                                    ft_default))
-            row["ft_pred"], row["ft_default"] = statistics.mean(fp), statistics.mean(fd)
-            if a.ft_seeds > 1:
-                row["ft_pred_seeds"], row["ft_default_seeds"] = fp, fd
-        rows.append(row)
-        print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
+
+def eval_design(a, ckpt: Path) -> dict:
+    _setup_eval(a, ckpt)
+    task = _CTX["task"]
+    jobs = list(enumerate(small_archs(_CTX["val"], a.n, a.max_arch_params, task.in_channels, task.image_size)))
+    if a.procs > 1:  # architectures side by side, each process on --threads threads (same rows as one process)
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(a.procs, initializer=_setup_eval, initargs=(a, ckpt))
+        done = pool.imap(_arch_row, jobs, chunksize=1)
+    else:
+        pool, done = None, map(_arch_row, jobs)
+    rows = []
+    try:
+        for row in done:
+            rows.append(row)
+            print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
+    finally:
+        if pool is not None:
+            pool.terminate()
     med = lambda key: statistics.median(r[key] for r in rows if r[key] is not None)  # noqa: E731
     ft = [r for r in rows if "ft_pred" in r]
     return {"n": len(rows), "acc_pred": statistics.mean(r["acc_pred"] for r in rows),
@@ -193,7 +222,9 @@ def main(argv=None) -> int:
                    "earlier results file of the same checkpoint and settings (e.g. one run with a small --n)")
     p.add_argument("--test-n", type=int, default=1000, help="test images per evaluation (first N)")
     p.add_argument("--calib-batches", type=int, default=5, help="BN re-estimation batches of 128 images")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (of each process with --procs)")
+    p.add_argument("--procs", type=int, default=1, help="val architectures evaluated side by side in processes "
+                   "(e.g. 2 x --threads 1 on 2 cores; the same rows as one process of --threads threads)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "proxy"))
     p.add_argument("--out", default=None)
     p.add_argument("--no-default-cache", action="store_true",

@@ -118,6 +118,34 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
 
 
+@pytest.mark.slow  # two spawned processes that each load torch and Fashion-MNIST
+def test_proxy_in_two_processes_gives_the_rows_of_one(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from ghn.datasets import get_dataset
+    from ghn.hypernet import GraphHyperNetwork
+
+    try:
+        get_dataset("fashion-mnist", None, train=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); CI installs it")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("proxy", None)
+    import proxy
+
+    torch.manual_seed(0)
+    GraphHyperNetwork(hidden=16, layers=1, rank=4).save(tmp_path / "g.safetensors")
+    common = ["--eval-only", "--ckpt", str(tmp_path / "g.safetensors"), "--n", "3", "--ft-n", "2", "--ft-steps",
+              "1", "--ft-seeds", "2", "--test-n", "200", "--calib-batches", "1", "--threads", "1",
+              "--no-default-cache", "--name", "t"]
+    assert proxy.main(common + ["--out", str(tmp_path / "one.json")]) == 0
+    assert proxy.main(common + ["--procs", "2", "--out", str(tmp_path / "two.json")]) == 0
+    one, two = (json.loads((tmp_path / f).read_text())["rows"] for f in ("one.json", "two.json"))
+    assert len(one) == 3 and [r for r in one if "ft_pred_seeds" in r] == one[:2]
+    assert one == two  # the same architectures in the same order, bit for bit
+
+
 def test_proxy_reuses_fine_tuning_results_only_of_the_same_checkpoint_and_settings(tmp_path, monkeypatch):
     import argparse
     import json
