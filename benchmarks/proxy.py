@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import DefaultInitCache, small_archs, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import DefaultInitCache, PartialRows, small_archs, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.plot import no_harm
 
@@ -136,25 +136,41 @@ def _arch_row(job) -> dict:
     return row
 
 
-def eval_design(a, ckpt: Path) -> dict:
+def row_settings(a, ckpt: Path) -> dict:
+    """Everything a row's numbers depend on: rows of a stopped evaluation are reused only when all of it matches."""
+    from ghn.hypernet import checkpoint_fingerprint
+
+    return {"ghn_fingerprint": checkpoint_fingerprint(ckpt), "ghn_over": a.ghn_over, "test_n": a.test_n,
+            "calib_batches": a.calib_batches, "ft_n": a.ft_n, "ft_steps": a.ft_steps, "ft_seeds": a.ft_seeds,
+            "ft_from": a.ft_from, "max_arch_params": a.max_arch_params, "threads": a.threads,
+            "torch": torch.__version__}
+
+
+def eval_design(a, ckpt: Path, partial: PartialRows) -> dict:
+    """Every row of the evaluation; each is appended to ``partial`` as it finishes, and a stopped evaluation
+    resumes from the rows there."""
     _setup_eval(a, ckpt)
     task = _CTX["task"]
-    jobs = list(enumerate(small_archs(_CTX["val"], a.n, a.max_arch_params, task.in_channels, task.image_size)))
-    if a.procs > 1:  # architectures side by side, each process on --threads threads (same rows as one process)
+    todo = small_archs(_CTX["val"], a.n, a.max_arch_params, task.in_channels, task.image_size)
+    done = {i: r for (i,), r in partial.rows().items()}
+    jobs = [(k, i) for k, i in enumerate(todo) if i not in done]
+    if done:
+        print(f"resuming: {len(todo) - len(jobs)} of {len(todo)} architectures from {partial.path}", flush=True)
+    if a.procs > 1 and jobs:  # architectures side by side, each process on --threads threads (same rows)
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(a.procs, initializer=_setup_eval, initargs=(a, ckpt))
-        done = pool.imap(_arch_row, jobs, chunksize=1)
+        computed = pool.imap(_arch_row, jobs, chunksize=1)
     else:
-        pool, done = None, map(_arch_row, jobs)
-    rows = []
+        pool, computed = None, map(_arch_row, jobs)
     try:
-        for row in done:
-            rows.append(row)
+        for row in computed:
+            done[row["index"]] = partial.add(row)
             print(json.dumps({k2: round(v, 3) if isinstance(v, float) else v for k2, v in row.items()}), flush=True)
     finally:
         if pool is not None:
             pool.terminate()
+    rows = [done[i] for i in todo]
     med = lambda key: statistics.median(r[key] for r in rows if r[key] is not None)  # noqa: E731
     ft = [r for r in rows if "ft_pred" in r]
     return {"n": len(rows), "acc_pred": statistics.mean(r["acc_pred"] for r in rows),
@@ -229,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--no-default-cache", action="store_true",
                    help="recompute default-init results instead of reading benchmarks/results/proxy/_default_init.json")
+    p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the rows of a stopped evaluation in "
+                   "<out>.partial.jsonl instead of resuming from them")
     p.add_argument("--eval-only", action="store_true", help="evaluate --ckpt (or the run's checkpoint) only")
     p.add_argument("--ckpt", default=None)
     add_config_arguments(p)
@@ -243,14 +261,17 @@ def main(argv=None) -> int:
     ckpt = Path(a.ckpt) if a.ckpt else (Path(a.runs) / a.name / "ghn.safetensors" if a.eval_only
                                         else train_design(a, ghn_over))
     t_train = time.perf_counter() - t0
-    res = eval_design(a, ckpt)
+    out = Path(a.out or ROOT / "benchmarks" / "results" / "proxy" / f"{a.name}.json")
+    partial = PartialRows(out.with_name(out.name + ".partial.jsonl"), row_settings(a, ckpt), ("index",),
+                          fresh=a.fresh)
+    res = eval_design(a, ckpt, partial)
     from ghn.hypernet import checkpoint_fingerprint
 
     doc = {"name": a.name, "args": vars(a), "ghn": ghn_over, "ghn_fingerprint": checkpoint_fingerprint(ckpt),
            "train_seconds": t_train,
            "eval_seconds": time.perf_counter() - t0 - t_train, **res}
-    out = Path(a.out or ROOT / "benchmarks" / "results" / "proxy" / f"{a.name}.json")
     write_results(out, doc)
+    partial.path.unlink(missing_ok=True)  # every row is in the results now
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     pc = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     print(f"| {a.name} | {a.steps} | {pc(res['acc_pred'])} / {pc(res['acc_default'])} | "

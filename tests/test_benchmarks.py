@@ -118,6 +118,53 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
 
 
+def test_proxy_resumes_a_stopped_evaluation_from_its_rows(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from ghn.data import ArchDataset
+    from ghn.hypernet import GraphHyperNetwork
+    from ghn.task import Task
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("proxy", None)
+    import proxy
+
+    calls, stop = [], [3]
+
+    def row(job):  # the evaluation of one architecture, stopped (like a killed process) at the third call
+        k, i = job
+        calls.append(i)
+        if len(calls) == stop[0]:
+            raise KeyboardInterrupt
+        return {"index": i, "family": "cnn", "norm": "bn", "acc_pred": 0.1 * k, "acc_default": 0.1,
+                "median_rank_ratio": 1.0, "median_top_energy": 0.1, "median_role_cos": 0.2}
+
+    monkeypatch.setattr(proxy, "_setup_eval", lambda a, ckpt: proxy._CTX.update(
+        a=a, task=Task(10, 1, 28), val=ArchDataset("val")))
+    monkeypatch.setattr(proxy, "_arch_row", row)
+    GraphHyperNetwork(hidden=16, layers=1, rank=4).save(tmp_path / "g.safetensors")
+    out = tmp_path / "r.json"
+    argv = ["--eval-only", "--ckpt", str(tmp_path / "g.safetensors"), "--n", "4", "--ft-n", "0", "--name", "t",
+            "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        proxy.main(argv)
+    first = list(calls)
+    assert not out.exists() and len(first) == 3
+    stop[0] = 0
+    assert proxy.main(argv) == 0
+    assert calls[3:] == first[2:] + [calls[-1]] and len(calls) == 5  # only the rows the stopped run had not saved
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["acc_pred"] for r in rows] == [0.0, 0.1, 0.2, 0.30000000000000004]
+    assert not out.with_name("r.json.partial.jsonl").exists()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # stopped again, then resumed with another setting: refused
+        stop[0] = 2
+        proxy.main(argv)
+    with pytest.raises(SystemExit, match="other settings"):
+        proxy.main(argv[:-2] + ["--test-n", "500", "--out", str(out)])
+
+
 @pytest.mark.slow  # two spawned processes that each load torch and Fashion-MNIST
 def test_proxy_in_two_processes_gives_the_rows_of_one(tmp_path, monkeypatch):
     import json
