@@ -149,9 +149,16 @@ def row_settings(a, ckpt: Path) -> dict:
 def eval_design(a, ckpt: Path, partial: PartialRows) -> dict:
     """Every row of the evaluation; each is appended to ``partial`` as it finishes, and a stopped evaluation
     resumes from the rows there."""
-    _setup_eval(a, ckpt)
-    task = _CTX["task"]
-    todo = small_archs(_CTX["val"], a.n, a.max_arch_params, task.in_channels, task.image_size)
+    if a.procs > 1:  # the workers load the hypernetwork and data; here only the list of architectures is needed
+        from ghn.data import ArchDataset
+        from ghn.datasets import get_dataset
+        from ghn.task import Task
+
+        val, task = ArchDataset("val"), Task.of(get_dataset("fashion-mnist", None, train=False))
+    else:
+        _setup_eval(a, ckpt)
+        val, task = _CTX["val"], _CTX["task"]
+    todo = small_archs(val, a.n, a.max_arch_params, task.in_channels, task.image_size)
     done = {i: r for (i,), r in partial.rows().items()}
     jobs = [(k, i) for k, i in enumerate(todo) if i not in done]
     if done:
