@@ -30,9 +30,21 @@ def parse_arch_filter(text: str) -> Dict[str, set]:
     return out
 
 
-def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_size: int, task: Task
-                 ) -> Optional[List[int]]:
-    """Dataset indices allowed by ``arch_filter``, ``max_arch_params`` and ``pool_size`` (None: all of them)."""
+def _param_count(archs, i: int, task: Task, counts: Optional[Dict[int, int]]) -> int:
+    """Parameters of ``archs[i]`` under ``task``, memoised in ``counts`` (a dict shared by callers) when given."""
+    from ghn.archs.counting import count_params
+
+    if counts is None:
+        return count_params(archs[i], **task.model_kwargs())
+    if i not in counts:
+        counts[i] = count_params(archs[i], **task.model_kwargs())
+    return counts[i]
+
+
+def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_size: int, task: Task,
+                 counts: Optional[Dict[int, int]] = None) -> Optional[List[int]]:
+    """Dataset indices allowed by ``arch_filter``, ``max_arch_params`` and ``pool_size`` (None: all of them).
+    ``counts``: a dict memoising parameter counts, to share with :func:`split_by_size`."""
     if not (arch_filter or max_arch_params > 0 or pool_size > 0):
         return None
     indices: List[int] = list(range(len(archs)))
@@ -42,23 +54,20 @@ def select_archs(archs, name: str, arch_filter: str, max_arch_params: int, pool_
         if not indices:
             raise ValueError(f"no architecture of {name!r} matches --arch-filter {arch_filter!r}")
     if max_arch_params > 0:
-        from ghn.archs.counting import count_params
-
-        indices = [i for i in indices if count_params(archs[i], **task.model_kwargs()) <= max_arch_params]
+        indices = [i for i in indices if _param_count(archs, i, task, counts) <= max_arch_params]
         if not indices:
             raise ValueError(f"no architecture of {name!r} has <= {max_arch_params} parameters")
     return indices[:pool_size] if pool_size > 0 else indices
 
 
-def split_by_size(archs, indices: Optional[List[int]], task: Task, small_params: int) -> Tuple[List[int], List[int]]:
+def split_by_size(archs, indices: Optional[List[int]], task: Task, small_params: int,
+                  counts: Optional[Dict[int, int]] = None) -> Tuple[List[int], List[int]]:
     """Positions in the pool (``indices``, None: every architecture) of the architectures with at most
-    ``small_params`` parameters, and of the others."""
-    from ghn.archs.counting import count_params
-
+    ``small_params`` parameters, and of the others (``counts``: as in :func:`select_archs`)."""
     indices = list(range(len(archs))) if indices is None else indices
     small, large = [], []
     for pos, i in enumerate(indices):
-        (small if count_params(archs[i], **task.model_kwargs()) <= small_params else large).append(pos)
+        (small if _param_count(archs, i, task, counts) <= small_params else large).append(pos)
     return small, large
 
 

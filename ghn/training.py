@@ -464,12 +464,14 @@ class Trainer:
             if was and was != self._distill_digest:
                 raise ValueError(f"--distill {cfg.distill}: not the teacher logits the run was trained with "
                                  f"(digest {self._distill_digest}, run: {was}); a resume would not be exact")
-        indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task)
+        counts: Dict[int, int] = {}  # parameter counts, shared by the size filter and the size mix
+        indices = select_archs(archs, str(cfg.archs), cfg.arch_filter, cfg.max_arch_params, cfg.pool_size, self.task,
+                               counts)
         # with worker processes the builds happen there and cache hits are rare (many architectures): keep few
         pool = ArchPool(archs, self.task, cache_size=4 if cfg.workers > 0 else 256, indices=indices)
         mix = None
         if cfg.small_share > 0:
-            small, large = split_by_size(archs, indices, self.task, cfg.small_params)
+            small, large = split_by_size(archs, indices, self.task, cfg.small_params, counts)
             if not small or not large:
                 raise ValueError(f"--small-share {cfg.small_share}: {'no' if not small else 'every'} architecture of "
                                  f"the pool has <= {cfg.small_params} parameters (--small-params); nothing to mix")

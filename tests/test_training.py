@@ -509,6 +509,15 @@ def test_split_by_size_and_small_share_errors_are_one_line(tmp_path):
     sub = [4, 9, 2]  # positions refer to the filtered pool, not to the dataset
     s2, l2 = split_by_size(archs, sub, task, 500_000)
     assert sorted(s2 + l2) == [0, 1, 2] and all((sub[p] in small) for p in s2)
+    # the size filter and the size mix share one memo of counts: each architecture is counted once
+    from ghn.archstream import select_archs
+
+    counts = {}
+    kept = select_archs(archs, "test", "", 2_000_000, 0, task, counts)
+    assert len(counts) == len(archs) and kept == [i for i in range(len(archs)) if counts[i] <= 2_000_000]
+    assert split_by_size(archs, kept, task, 500_000, counts) == split_by_size(archs, kept, task, 500_000)
+    counts[kept[0]] = 10**9  # a memoised count is what decides, not a recount
+    assert 0 not in split_by_size(archs, kept, task, 10**8, counts)[0]
     with pytest.raises(ValueError, match="every architecture .* <= 1000000000 parameters"):
         train(cfg(tmp_path, "all", steps=1, small_share=0.5, small_params=10**9), data=ProtoData(), archs=archs)
     for bad in (dict(small_share=1.0), dict(small_share=-0.1), dict(small_share=0.5, small_params=0)):
