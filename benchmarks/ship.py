@@ -79,7 +79,9 @@ def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
         name = Path(parent).parent.name
         if name.startswith("ckpt-") and (Path(parent).parent.parent / "log.jsonl").is_file():
             out.insert(0, run_hours(parent, int(name[5:]), cores))
-        elif shipped := _shipped_lineage(parent):  # a hypernetwork shipped before: its metadata carries its runs
+        elif extra.get("init_lineage"):  # train.py recorded the runs behind the file it started from
+            out[:0] = list(extra["init_lineage"])
+        elif shipped := _shipped_lineage(parent):  # older runs: the metadata of the file now at that path
             out[:0] = shipped
         else:
             print(f"note: the hours before --init-from {parent} are not counted (no run log found for it)")

@@ -559,11 +559,15 @@ class Trainer:
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)  # hypernetwork init only; the run's other randomness is in step_rng
+        self._init_lineage: list = []
         if self.resume_dir is not None:  # the architecture of the run being resumed, whatever the flags say
             ghn = GraphHyperNetwork(replace(self._saved.config, **self._switch))
             ghn.extra = {"trained_ops": self._saved.extra.get("trained_ops") or []}
+            self._init_lineage = list(self._saved.extra.get("init_lineage") or [])
         elif cfg.init_from:
             ghn = _init_from(cfg.init_from, cfg.ghn)
+            # the runs behind the file started from, as its metadata says now (the path may be overwritten later)
+            self._init_lineage = list(ghn.extra.get("lineage") or [])
         else:
             ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
         opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -728,7 +732,8 @@ class Trainer:
             extra = {"step": st.step, "archs": str(self.cfg.archs), **self.task.to_dict(), "dataset": self.cfg.dataset,
                      "trained_ops": sorted(self.inner.trained_ops or ()),
                      "train_config": {k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "progress")},
-                     **({"distill_digest": self._distill_digest} if self.teacher is not None else {})}
+                     **({"distill_digest": self._distill_digest} if self.teacher is not None else {}),
+                     **({"init_lineage": self._init_lineage} if self._init_lineage else {})}
             self.inner.save(tmp / "ghn.safetensors", extra=extra)
             rundir.publish(tmp, final)
             rundir.prune(self.out_dir, self.cfg.keep_checkpoints)
