@@ -28,7 +28,10 @@ from ghn.plot import no_harm
 
 
 def _rows(path: str, variant: str | None = None) -> dict:
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # missing, unreadable or not JSON (a run still writing its .partial.jsonl)
+        raise SystemExit(f"{path}: cannot read a results file ({type(e).__name__}: {e})") from None
     if "rows" not in doc:
         raise SystemExit(f"{path}: no per-architecture 'rows' (not a proxy.py, eval.py or ft_probe.py result)")
     if variant is None:

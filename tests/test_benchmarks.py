@@ -304,6 +304,8 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="rows"):
         paired.main([str(tmp_path / "bad.json"), ship])
+    with pytest.raises(SystemExit, match="missing.json: cannot read a results file"):  # e.g. a run still going
+        paired.main([str(tmp_path / "missing.json"), ship])
     # one ft_probe.py file, two of its variants; default init from its "default" rows
     probe = [{"index": 7, "variant": "default", "acc0": 0.1, "ft": 0.50},
              {"index": 7, "variant": "pred", "acc0": 0.40, "ft": 0.30},
