@@ -97,7 +97,8 @@ class LowRankDecoder(nn.Module):
                  bounded_vectors: bool = True, base_kind: str = "identity", noise_share: float = 0.5,
                  default_scale_under_norm: bool = True, equal_rows: str = "none",
                  max_dir_ratio: float = 0.0, free_rows: float = 0.0,
-                 norm_fed_scale: float = 1.0, max_dir_ratio_loose: float = 0.0):  # GHNConfig's defaults
+                 norm_fed_scale: float = 1.0, max_dir_ratio_loose: float = 0.0,
+                 max_dir_ratio_attn: float = 0.0):  # GHNConfig's defaults
         super().__init__()
         if not norm_fed_scale > 0:
             raise ValueError(f"norm_fed_scale must be > 0, got {norm_fed_scale}")
@@ -110,9 +111,9 @@ class LowRankDecoder(nn.Module):
         if max_dir_ratio > 0 and not base:
             raise ValueError("max_dir_ratio caps the mixing angle of the base design: it needs base=True")
         self.max_dir_ratio = max_dir_ratio
-        if max_dir_ratio_loose < 0 or (max_dir_ratio_loose > 0 and max_dir_ratio == 0):
-            raise ValueError(f"max_dir_ratio_loose must be >= 0 and needs max_dir_ratio > 0, got {max_dir_ratio_loose}")
-        self.max_dir_ratio_loose = max_dir_ratio_loose
+        for name, v in (("max_dir_ratio_loose", max_dir_ratio_loose), ("max_dir_ratio_attn", max_dir_ratio_attn)):
+            if v < 0 or (v > 0 and max_dir_ratio == 0):  # per-model caps (GraphHyperNetwork.dir_cap) refine a cap
+                raise ValueError(f"{name} must be >= 0 and needs max_dir_ratio > 0, got {v}")
         if equal_rows not in EQUAL_ROWS:
             raise ValueError(f"equal_rows must be one of {EQUAL_ROWS}, got {equal_rows!r}")
         self.equal_rows = equal_rows
@@ -168,7 +169,7 @@ class LowRankDecoder(nn.Module):
 
     # -- decoding --------------------------------------------------------------------------------------------
     def forward(self, node_emb: Tensor, refs: Sequence[ParamRef], trusted_ops: Optional[AbstractSet[str]] = None,
-                norm_fed: Optional[Sequence[bool]] = None, loose: Optional[Sequence[bool]] = None) -> List[Tensor]:
+                norm_fed: Optional[Sequence[bool]] = None, caps: Optional[Sequence[float]] = None) -> List[Tensor]:
         """Decode one tensor per ref (``node_emb[i]`` is the embedding of the node owning ``refs[i]``).
 
         Refs of the same shape and kind are decoded together in one batched einsum; the result for a ref does
@@ -176,7 +177,8 @@ class LowRankDecoder(nn.Module):
         trained on), a matrix of any other op type gets the neutral scale factor 1 (LeCun RMS): its learned factor
         would be an extrapolation (an image-trained hypernetwork never saw an embedding table). ``norm_fed[i]``
         tells whether the output of ``refs[i]``'s node feeds normalisations only (``default_scale_under_norm``);
-        ``loose[i]`` whether ``refs[i]``'s model takes the looser direction cap ``max_dir_ratio_loose``.
+        ``caps[i]`` the direction cap of ``refs[i]``'s model (``GraphHyperNetwork.dir_cap``; default
+        ``max_dir_ratio``), used when ``max_dir_ratio`` > 0.
         """
         if len(refs) == 0:
             return []
@@ -192,8 +194,8 @@ class LowRankDecoder(nn.Module):
             c = ctx[idx]
             if kind == "matrix":
                 fed = [bool(norm_fed[i]) for i in idx] if norm_fed is not None else None
-                lo = [bool(loose[i]) for i in idx] if loose is not None else None
-                jobs.append((idx, *self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed, lo)))
+                cp = [float(caps[i]) for i in idx] if caps is not None else None
+                jobs.append((idx, *self._matrices(c, shape, [refs[i] for i in idx], trusted_ops, fed, cp)))
             else:
                 ws = self._vectors(c, shape[0] if shape else 1, kind)
                 for j, i in enumerate(idx):
@@ -207,7 +209,7 @@ class LowRankDecoder(nn.Module):
 
     def _matrices(self, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef],
                   trusted_ops: Optional[AbstractSet[str]] = None, norm_fed: Optional[Sequence[bool]] = None,
-                  loose: Optional[Sequence[bool]] = None
+                  caps: Optional[Sequence[float]] = None
                   ) -> Tuple[Optional[Tensor], Callable[[Optional[Tensor]], Tensor]]:
         """``(core, finish)``: with ``orth`` the r x r core of :func:`flat_low_rank` whose spectrum is still to be
         flattened (``forward`` does every group's in one :func:`newton_schulz_many` call), else None; ``finish``
@@ -231,23 +233,22 @@ class LowRankDecoder(nn.Module):
             cols = (b[:, :, None, :] * k[:, None, :, :]).reshape(g, n_in * k.shape[1], r)
             q1, q2, core = low_rank_core(a, cols)
             return core, lambda flat: self._finish(
-                (q1 @ flat @ q2.transpose(1, 2)).to(a.dtype), c, shape, refs, scale, norm_fed, loose)
+                (q1 @ flat @ q2.transpose(1, 2)).to(a.dtype), c, shape, refs, scale, norm_fed, caps)
         # (A * K) @ B^T as one batched matmul: the same FLOPs as the 3-way einsum, but through BLAS
         ak = (a[:, :, None, :] * k[:, None, :, :]).reshape(g, n_out * k.shape[1], r)
         w = torch.bmm(ak, b.transpose(1, 2)).view(g, n_out, k.shape[1], n_in).transpose(2, 3)
-        return None, lambda _: self._finish(w, c, shape, refs, scale, norm_fed, loose)
+        return None, lambda _: self._finish(w, c, shape, refs, scale, norm_fed, caps)
 
     def _finish(self, w: Tensor, c: Tensor, shape: Tuple[int, ...], refs: Sequence[ParamRef], scale: Tensor,
-                norm_fed: Optional[Sequence[bool]], loose: Optional[Sequence[bool]] = None) -> Tensor:
+                norm_fed: Optional[Sequence[bool]], caps: Optional[Sequence[float]] = None) -> Tensor:
         """The predicted low-rank part ``w`` [g, ...] of a group, mixed with the base and the noise floor, scaled."""
         g, n_out, n_in, kernel = c.shape[0], shape[0], shape[1], shape[2:]
         w = w / _rms(w)
         if self.base:  # same values whatever the layout: (out, in * kernel) or (out, in, kernel)
             t = self.max_angle * torch.sigmoid(self.head_gate(c).squeeze(-1)).view(g, *([1] * (w.dim() - 1)))
-            if self.max_dir_ratio > 0:  # per tensor: its model may take the looser cap
+            if self.max_dir_ratio > 0:  # per tensor: its model's cap
                 m = min(n_out, n_in * math.prod(kernel))
-                kappas = [self.max_dir_ratio_loose if lo and self.max_dir_ratio_loose > 0 else self.max_dir_ratio
-                          for lo in (loose if loose is not None else [False] * g)]
+                kappas = caps if caps is not None else [self.max_dir_ratio] * g
                 t = torch.minimum(t, torch.tensor([self._dir_cap_angle(m, k) for k in kappas], device=t.device,
                                                   dtype=t.dtype).view_as(t))
             z = self._base(refs, n_out, n_in, kernel, w.shape[1:], w.device, w.dtype)

@@ -79,6 +79,9 @@ class GHNConfig:
                                   # (BN and norm-free CNNs, transformers); max_dir_ratio stays the cap of CNNs
                                   # normalised by LayerNorm/GroupNorm/InstanceNorm/RMSNorm, whose fine-tuning a
                                   # looser cap harms; 0: max_dir_ratio for every model
+    max_dir_ratio_attn: float = 0.0  # > 0: the direction cap of models with attention (transformers), in place of
+                                  # the one above (a CNN's cap may be loosened without a transformer's); 0: they
+                                  # follow the rule above
     post_norm_branch_scale: float = 1.0  # the output projections of post-norm residual branches (x -> norm(x + f(x)),
                                   # ArchGraph.post_norm_branches) times this, weight and bias: near-identity blocks,
                                   # as a transformer's own small init, so a deep post-norm stack stays trainable
@@ -116,7 +119,8 @@ LEGACY_CONFIG: Dict[str, Any] = {"pos_features": False, "base": False, "orth": F
                                  "bounded_vectors": False, "base_kind": "gaussian", "noise_share": 0.0,
                                  "default_scale_under_norm": False, "equal_rows": "none",
                                  "max_dir_ratio": 0.0, "free_rows": 0.0, "norm_fed_scale": 1.0,
-                                 "max_dir_ratio_loose": 0.0, "post_norm_branch_scale": 1.0}
+                                 "max_dir_ratio_loose": 0.0, "post_norm_branch_scale": 1.0,
+                                 "max_dir_ratio_attn": 0.0}
 
 
 @dataclass
@@ -173,7 +177,8 @@ class GraphHyperNetwork(nn.Module):
         self.decoder = LowRankDecoder(c.hidden, c.rank, c.code_dim, c.kernel_code_dim, c.code_seed, c.base, c.orth,
                                       c.max_pred_share, c.bounded_vectors, c.base_kind,
                                       c.noise_share, c.default_scale_under_norm, c.equal_rows,
-                                      c.max_dir_ratio, c.free_rows, c.norm_fed_scale, c.max_dir_ratio_loose)
+                                      c.max_dir_ratio, c.free_rows, c.norm_fed_scale, c.max_dir_ratio_loose,
+                                      c.max_dir_ratio_attn)
 
     @property
     def task(self) -> Task:
@@ -245,20 +250,20 @@ class GraphHyperNetwork(nn.Module):
     def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
-        node_idx, refs, owner, fed, loose, branch = [], [], [], [], [], []
+        node_idx, refs, owner, fed, caps, branch = [], [], [], [], [], []
         scale = self.config.post_norm_branch_scale
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed, lo = self.norm_fed_nodes(g), self.loose_cap(g)
+            norm_fed, cap = self.norm_fed_nodes(g), self.dir_cap(g)
             branches = g.post_norm_branches() if scale != 1.0 else frozenset()
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
                 fed.append(ni in norm_fed)
-                loose.append(lo)
+                caps.append(cap)
                 branch.append(ni in branches)
         tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops,
-                               fed, loose)
+                               fed, caps)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
         for gi, ref, t, b in zip(owner, refs, tensors, branch):
             t = t * scale if b else t
@@ -274,10 +279,16 @@ class GraphHyperNetwork(nn.Module):
         want = c.default_scale_under_norm or c.equal_rows == "norm_fed" or c.free_rows > 0
         return graph.norm_fed() if want else frozenset()
 
-    def loose_cap(self, graph: ArchGraph) -> bool:
-        """Whether ``graph`` takes the looser direction cap ``max_dir_ratio_loose``: set, and no convolution of it
-        feeds a LayerNorm/GroupNorm/InstanceNorm/RMSNorm (those CNNs keep ``max_dir_ratio``)."""
-        return self.config.max_dir_ratio_loose > 0 and not (graph.conv_fed_norms() - {"batch_norm"})
+    def dir_cap(self, graph: ArchGraph) -> float:
+        """The direction cap of ``graph``'s matrices: ``max_dir_ratio_attn`` if set and the model has attention;
+        else ``max_dir_ratio_loose`` if set and no convolution of it feeds a LayerNorm/GroupNorm/InstanceNorm/
+        RMSNorm; else ``max_dir_ratio`` (0: no cap)."""
+        c = self.config
+        if c.max_dir_ratio_attn > 0 and any(n.op == "attention" for n in graph.nodes):
+            return c.max_dir_ratio_attn
+        if c.max_dir_ratio_loose > 0 and not (graph.conv_fed_norms() - {"batch_norm"}):
+            return c.max_dir_ratio_loose
+        return c.max_dir_ratio
 
     def predict_params(self, model: nn.Module, example_input: Any = None, graph: Optional[ArchGraph] = None,
                        strict: bool = True) -> Dict[str, Tensor]:

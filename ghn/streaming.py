@@ -58,7 +58,7 @@ def materialize(hyper, model: nn.Module, example_input: Any = None, device: Unio
         owners = _owners(model)
         report = InitReport(type(model).__name__)
         groups = _groups(graph.param_refs(), budget)
-        fed, loose = hyper.norm_fed_nodes(graph), hyper.loose_cap(graph)
+        fed, cap = hyper.norm_fed_nodes(graph), hyper.dir_cap(graph)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ def materialize(hyper, model: nn.Module, example_input: Any = None, device: Unio
             idx = torch.tensor([ni for ni, _ in group], dtype=torch.long, device=h.device)
             # the same decoder inputs as GraphHyperNetwork.decode: trusted op types, norm-fed nodes, the cap
             ts = hyper.decoder(h[idx], [r for _, r in group], hyper.trained_ops, [ni in fed for ni, _ in group],
-                               [loose] * len(group))
+                               [cap] * len(group))
             for (_, ref), t in zip(group, ts):
                 if not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(f"{ref.name}: the hypernetwork predicted non-finite values; the model is "

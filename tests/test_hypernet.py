@@ -369,8 +369,8 @@ def test_loose_cap_applies_to_models_whose_convolutions_feed_batchnorm_or_nothin
 
     hybrid = g.with_config(max_dir_ratio_loose=4.0)
     looser = g.with_config(max_dir_ratio=4.0)
-    assert [hybrid.loose_cap(graphs[k]) for k in ("bn", "gn", "none")] == [True, False, True]
-    assert not g.loose_cap(graphs["bn"])  # off by default
+    assert [hybrid.dir_cap(graphs[k]) for k in ("bn", "gn", "none")] == [4.0, 0.5, 4.0]
+    assert g.dir_cap(graphs["bn"]) == 0.5  # off by default
     for norm, like in [(nn.BatchNorm2d, looser), (gn, g)]:  # BN CNN decoded as at 4.0, GN CNN as at 0.5
         want, got = like.predict_params(cnn(norm), x), hybrid.predict_params(cnn(norm), x)
         assert all(torch.equal(want[k], got[k]) for k in want)
@@ -384,6 +384,29 @@ def test_loose_cap_applies_to_models_whose_convolutions_feed_batchnorm_or_nothin
     assert GraphHyperNetwork.load(tmp_path / "h.safetensors").config.max_dir_ratio_loose == 4.0
     with pytest.raises(ValueError, match="needs max_dir_ratio > 0"):
         GraphHyperNetwork(max_dir_ratio_loose=0.5)
+
+
+def test_transformers_can_take_their_own_cap_beside_the_loose_one_of_cnns(tmp_path):
+    g = make_ghn(base_kind="gaussian", noise_share=0.0, max_dir_ratio=0.25)
+    with torch.no_grad():
+        g.decoder.head_gate.bias.fill_(30.0)  # gate fully open: the cap binds on every wide matrix
+    torch.manual_seed(0)
+    vit, cnn, x = TinyViT(), TinyCNN(), torch.randn(2, 1, 12, 12)
+    gv, gc = ArchGraph.from_module(vit, x), ArchGraph.from_module(cnn, x)
+    split = g.with_config(max_dir_ratio_loose=4.0, max_dir_ratio_attn=0.5)
+    assert (split.dir_cap(gv), split.dir_cap(gc)) == (0.5, 4.0)
+    assert g.with_config(max_dir_ratio_loose=4.0).dir_cap(gv) == 4.0  # unset: transformers follow the loose cap
+    # the ViT decodes as under one cap of 0.5 for every model, the CNN as under 4.0, in one batch too
+    both = split([gv, gc])
+    for out, model, like in [(both[0], vit, g.with_config(max_dir_ratio=0.5)),
+                             (both[1], cnn, g.with_config(max_dir_ratio=4.0))]:
+        want = like.predict_params(model, x)
+        assert all(torch.allclose(want[k], out[k], atol=1e-6) for k in want)
+    assert any(not torch.allclose(both[0][k], g.predict_params(vit, x)[k], atol=1e-4) for k in both[0])
+    split.save(tmp_path / "s.safetensors")
+    assert GraphHyperNetwork.load(tmp_path / "s.safetensors").config.max_dir_ratio_attn == 0.5
+    with pytest.raises(ValueError, match="max_dir_ratio_attn must be >= 0 and needs max_dir_ratio > 0"):
+        GraphHyperNetwork(max_dir_ratio_attn=0.5)
 
 
 def test_ops_never_trained_on_get_the_neutral_scale(tmp_path):

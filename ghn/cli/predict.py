@@ -39,7 +39,8 @@ def main(argv=None) -> int:
                    help="cap each predicted direction at KAPPA times the energy of the other directions of its "
                         "matrix (e.g. 0.25): less signal with no training, closer to default init when fine-tuning "
                         "wide models (docs/DESIGN.md, 'Per-direction cap'); one cap for every model (a checkpoint "
-                        "may loosen it for models whose convolutions feed BatchNorm or nothing, max_dir_ratio_loose)"
+                        "may set other caps for models whose convolutions feed BatchNorm or nothing, "
+                        "max_dir_ratio_loose, and for transformers, max_dir_ratio_attn)"
                         "; 0: no cap; default: the checkpoint's")
     a = p.parse_args(argv)
     for flag in ("num_classes", "in_channels", "image_size", "batch_size"):
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     ghn = load_pretrained(a.ckpt, a.device)
     if a.max_dir_ratio is not None:
         try:  # the decoder owns the rule (>= 0, needs the base design)
-            ghn = ghn.with_config(max_dir_ratio=a.max_dir_ratio, max_dir_ratio_loose=0.0)
+            ghn = ghn.with_config(max_dir_ratio=a.max_dir_ratio, max_dir_ratio_loose=0.0, max_dir_ratio_attn=0.0)
         except ValueError as e:
             p.error(f"--max-dir-ratio: {e}")
     task = ghn.task.with_overrides(num_classes=a.num_classes, in_channels=a.in_channels, image_size=a.image_size)
