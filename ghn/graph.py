@@ -189,6 +189,12 @@ class ArchGraph:
                 if self.nodes[i].op == "add" and not any(self.nodes[p].op == "add" for p in pred.get(i, []))}
         return {i for i, ds in self._adjacent().items() if self.nodes[i].op == "linear" and all(d in adds for d in ds)}
 
+    def has_attention(self) -> bool:
+        """Whether the model mixes tokens by attention: a fused attention node (``nn.MultiheadAttention``,
+        ``scaled_dot_product_attention``) or attention written out as matmuls and a softmax."""
+        ops = {n.op for n in self.nodes}
+        return "attention" in ops or {"matmul", "softmax"} <= ops
+
     def conv_fed_norms(self) -> Set[str]:
         """The normalisation op types fed directly by a convolution's output: ``{"batch_norm"}`` for a ResNet,
         ``{"layer_norm"}`` for a LayerNorm CNN, empty for a transformer (its norms follow adds and linears)."""

@@ -280,11 +280,11 @@ class GraphHyperNetwork(nn.Module):
         return graph.norm_fed() if want else frozenset()
 
     def dir_cap(self, graph: ArchGraph) -> float:
-        """The direction cap of ``graph``'s matrices: ``max_dir_ratio_attn`` if set and the model has attention;
-        else ``max_dir_ratio_loose`` if set and no convolution of it feeds a LayerNorm/GroupNorm/InstanceNorm/
-        RMSNorm; else ``max_dir_ratio`` (0: no cap)."""
+        """The direction cap of ``graph``'s matrices: ``max_dir_ratio_attn`` if set and the model has attention
+        (:meth:`ArchGraph.has_attention`); else ``max_dir_ratio_loose`` if set and no convolution of it feeds a
+        LayerNorm/GroupNorm/InstanceNorm/RMSNorm; else ``max_dir_ratio`` (0: no cap)."""
         c = self.config
-        if c.max_dir_ratio_attn > 0 and any(n.op == "attention" for n in graph.nodes):
+        if c.max_dir_ratio_attn > 0 and graph.has_attention():
             return c.max_dir_ratio_attn
         if c.max_dir_ratio_loose > 0 and not (graph.conv_fed_norms() - {"batch_norm"}):
             return c.max_dir_ratio_loose

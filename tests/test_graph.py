@@ -161,6 +161,13 @@ def test_vit_class_token_positions_and_attention():
     assert preds(g, node(g, "attn.proj").idx) == [mm2.idx]
 
 
+@pytest.mark.parametrize("key,want", [("vit", True), ("vit_mha", True), ("gpt", True), ("resnet", False),
+                                      ("densenet", False), ("mobilenet", False), ("layer_scale", False)])
+def test_has_attention_sees_fused_and_written_out_attention(key, want):
+    # vit: matmul -> softmax -> matmul; vit_mha: nn.MultiheadAttention; gpt: scaled_dot_product_attention
+    assert build(key)[1].has_attention() is want
+
+
 def test_multihead_attention_expands_to_three_nodes():
     _, g = build("vit_mha")
     ln, inp, att, out = node(g, "norm1"), node(g, "attn"), node(g, "attn.attention"), node(g, "attn.out_proj")

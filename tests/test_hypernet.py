@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from models import TinyCNN, TinyGPT, TinyViT
+from models import TinyCNN, TinyGPT, TinyViT, ViTLike
 
 from ghn.decoder import DecoderShapeError, LowRankDecoder
 from ghn.graph import ArchGraph, ParamRef
@@ -396,6 +396,8 @@ def test_transformers_can_take_their_own_cap_beside_the_loose_one_of_cnns(tmp_pa
     split = g.with_config(max_dir_ratio_loose=4.0, max_dir_ratio_attn=0.5)
     assert (split.dir_cap(gv), split.dir_cap(gc)) == (0.5, 4.0)
     assert g.with_config(max_dir_ratio_loose=4.0).dir_cap(gv) == 4.0  # unset: transformers follow the loose cap
+    written_out = ArchGraph.from_module(ViTLike(), torch.randn(2, 3, 8, 8))  # matmul-softmax-matmul attention
+    assert split.dir_cap(written_out) == 0.5
     # the ViT decodes as under one cap of 0.5 for every model, the CNN as under 4.0, in one batch too
     both = split([gv, gc])
     for out, model, like in [(both[0], vit, g.with_config(max_dir_ratio=0.5)),
