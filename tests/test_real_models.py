@@ -194,8 +194,8 @@ def test_recurrent(hyper, cls):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
-@pytest.mark.parametrize("which", ["fresh", "shipped", "loose"])  # shipped: trusted op types and norm-fed scales
-def test_meta_model_is_materialised_group_by_group(hyper, which):  # loose: the looser direction cap of the model
+@pytest.mark.parametrize("which", ["fresh", "shipped", "loose", "attn"])  # shipped: trusted ops, norm-fed scales
+def test_meta_model_is_materialised_group_by_group(hyper, which):  # loose / attn: the model's own direction cap
     from ghn.hypernet import load_pretrained
     from ghn.predefined import gpt_tiny
     from ghn.streaming import materialize
@@ -203,6 +203,8 @@ def test_meta_model_is_materialised_group_by_group(hyper, which):  # loose: the 
     hyper = hyper if which == "fresh" else load_pretrained()
     if which == "loose":
         hyper = hyper.with_config(max_dir_ratio=0.25, max_dir_ratio_loose=1.0)
+    if which == "attn":  # a transformer: its own cap, not the loose one
+        hyper = hyper.with_config(max_dir_ratio=0.25, max_dir_ratio_loose=4.0, max_dir_ratio_attn=0.05)
 
     torch.manual_seed(0)
     real = gpt_tiny()
