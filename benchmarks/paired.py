@@ -63,6 +63,22 @@ def no_harm_count(rows: dict) -> tuple[int, int]:
     return sum(no_harm(r["ft_pred"], r["ft_default"]) for r in ft), len(ft)
 
 
+def no_harm_flips(cand: dict, ship: dict) -> dict:
+    """The architectures whose do-no-harm verdict differs: ``{"lost": [...], "gained": [...]}``, each
+    ``{"key", "candidate_gap", "shipped_gap"}`` (fine-tuned minus default init, points)."""
+    out: dict = {"lost": [], "gained": []}
+    for k in sorted(set(cand) & set(ship), key=str):
+        c, s = cand[k], ship[k]
+        if any(r.get(f) is None for r in (c, s) for f in ("ft_pred", "ft_default")):
+            continue
+        hc, hs = no_harm(c["ft_pred"], c["ft_default"]), no_harm(s["ft_pred"], s["ft_default"])
+        if hc != hs:
+            out["gained" if hc else "lost"].append(
+                {"key": "/".join(str(x) for x in k if x != ""), "candidate_gap": 100 * (c["ft_pred"] - c["ft_default"]),
+                 "shipped_gap": 100 * (s["ft_pred"] - s["ft_default"])})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidate")
@@ -83,6 +99,11 @@ def main(argv=None) -> int:
                   f"paired {100 * r['diff']:+.1f} +- {100 * r['se']:.1f}  better {r['better']} worse {r['worse']}")
     (hc, nc), (hs, ns) = no_harm_count(cand), no_harm_count(ship)
     out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
+    out["no_harm_flips"] = flips = no_harm_flips(cand, ship)
+    for what, rows in flips.items():  # where the counts differ: a half-point line crossed by a little or a lot
+        for r in rows:
+            print(f"no-harm {what}: {r['key']} (candidate {r['candidate_gap']:+.1f}, shipped {r['shipped_gap']:+.1f} "
+                  "points against default init)")
     acc = out["acc_pred"]
     if acc is None:
         raise SystemExit("error: no architecture has a no-training result in both files")

@@ -294,8 +294,12 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     assert not json.loads((tmp_path / "o.json").read_text())["ships"]
     more_harm = result("c.json", [0.40, 0.40, 0.40, 0.40], [(0.78, 0.80), (0.70, 0.72)])  # no-harm 0/2
     paired.main([more_harm, ship, "--out", str(tmp_path / "o.json")])
-    assert not json.loads((tmp_path / "o.json").read_text())["ships"]
-    assert "does not ship" in capsys.readouterr().out
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert not out["ships"]
+    assert out["no_harm_flips"]["gained"] == [] and [r["key"] for r in out["no_harm_flips"]["lost"]] == ["0"]
+    assert abs(out["no_harm_flips"]["lost"][0]["candidate_gap"] + 2.0) < 1e-9
+    printed = capsys.readouterr().out
+    assert "does not ship" in printed and "no-harm lost: 0 (candidate -2.0, shipped +0.0" in printed
     no_ft = result("d.json", [0.35, 0.35, 0.35, 0.35], [])  # a no-training design comparison: numbers, no verdict
     assert paired.main([no_ft, ship, "--out", str(tmp_path / "o.json")]) == 0
     out = json.loads((tmp_path / "o.json").read_text())
