@@ -619,3 +619,56 @@ def test_ft_probe_reuses_default_init_rows_across_probes(tmp_path, monkeypatch):
         "synthetic", None, train, n=600 if train else 200, in_channels=1, image_size=28, seed=1))
     with pytest.raises(pytest.fail.Exception):  # other images: another dataset's rows are never reused
         ft_probe.main(args + ["--out", str(tmp_path / "d.json")])
+
+
+def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("decide", None)
+    import decide
+
+    (tmp_path / "proxy").mkdir()
+    monkeypatch.setattr(decide, "RESULTS", tmp_path)
+
+    def write(path, accs, fts=(), variant=None):
+        rows = [{"index": i, "acc_pred": a, "acc_default": 0.1} for i, a in enumerate(accs)]
+        for r, (p, d) in zip(rows, fts):
+            r.update(ft_pred=p, ft_default=d)
+        if variant:  # an ft_probe.py file: default rows and the variant's rows
+            rows = ([{"index": r["index"], "variant": "default", "ft": r.get("ft_default"), "acc0": 0.1} for r in rows]
+                    + [{"index": r["index"], "variant": variant, "ft": r.get("ft_pred"), "acc0": r["acc_pred"]}
+                       for r in rows])
+        path.write_text(json.dumps({"rows": rows}))
+        return str(path)
+
+    ship = {"--shipped-proxy": write(tmp_path / "sp.json", [0.4] * 4, [(0.8, 0.8), (0.7, 0.72)]),
+            "--shipped-probe": write(tmp_path / "sf.json", [0.3] * 2, [(0.6, 0.5), (0.4, 0.5)], "pred"),
+            "--shipped-val32big": write(tmp_path / "sb.json", [0.3] * 3)}
+    ckpt = tmp_path / "c.safetensors"
+    ckpt.write_bytes(b"x")
+    args = ["--ckpt", str(ckpt), "--name", "c", "--decode", "max_dir_ratio_attn=0.5", *sum(ship.items(), ())]
+    write(tmp_path / "ft_probe_c_postnorm.json", [0.3] * 2, [(0.6, 0.5), (0.45, 0.5)], "max_dir_ratio_attn=0.5")
+    calls = []
+
+    def run(cmd, env):  # the evaluation: a lower no-training mean on the 32 larger architectures
+        calls.append(cmd)
+        write(Path(cmd[cmd.index("--out") + 1]), [0.29, 0.28, 0.3])
+
+    monkeypatch.setattr(decide, "run", run)
+    assert decide.main(args) == 0
+    (cmd,) = calls
+    assert "eval.py" in cmd[1] and cmd[cmd.index("--max-dir-ratio-attn") + 1] == "0.5"
+    out = json.loads((tmp_path / "decision_c.json").read_text())
+    assert out["criteria"]["2"]["holds"] and not out["criteria"]["4"]["holds"] and "1" not in out["criteria"]
+    assert not out["ships"] and "does not ship" in capsys.readouterr().out
+    # every result present and better: nothing runs, all four hold
+    write(tmp_path / "eval_val32big_c_notrain.json", [0.35, 0.31, 0.3])
+    write(tmp_path / "proxy" / "c.json", [0.41, 0.40, 0.42, 0.40], [(0.81, 0.8), (0.71, 0.72)])
+    calls.clear()
+    assert decide.main(args) == 0 and calls == []
+    out = json.loads((tmp_path / "decision_c.json").read_text())
+    assert out["ships"] and sorted(out["criteria"]) == ["1", "2", "3", "4"]
+    with pytest.raises(SystemExit):
+        decide.main(args[:2] + ["--name", "c", "--decode", "no_such_field=1"])
