@@ -44,34 +44,24 @@ def scan_trained_ops(extra: dict, n: int) -> list:
 
 
 def run_hours(ckpt: str, step, cores: int) -> dict:
-    """Steps and CPU-/wall-hours of the run that wrote ``ckpt``, from its ``log.jsonl`` (next to the checkpoint or
-    in the run dir above a ``ckpt-STEP/``) up to ``step``: the logged archs/s of every interval times its cores."""
-    from ghn.plot import cpu_hours, read_log
+    """:func:`ghn.rundir.run_record`, an error message instead of a traceback when the log is missing or wrong."""
+    from ghn.rundir import RunDirError, run_record
 
-    log = _run_log(ckpt)
-    if log is None:
-        sys.exit(f"error: no log.jsonl next to {ckpt} or in its run dir: the training log gives the CPU-hours")
-    recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
-    if not recs:
-        sys.exit(f"error: {log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
-    wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
-    return {"run": str(log.parent), "steps": recs[-1]["step"] if step is None else step,
-            "cpu_hours": round(cpu_hours(recs, procs=cores)[-1], 2), "wall_hours": round(wall, 2)}
-
-
-def _run_log(ckpt: str):
-    """The log of the run that wrote ``ckpt``: next to it (a run's final one) or in the run dir above it
-    (``run/ckpt-STEP/``); None if neither has one."""
-    return next((d / "log.jsonl" for d in (Path(ckpt).parent, Path(ckpt).parent.parent)
-                 if (d / "log.jsonl").is_file()), None)
+    try:
+        return run_record(ckpt, step, cores)
+    except RunDirError as e:
+        sys.exit(f"error: {e}")
 
 
 def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
     """The runs behind a checkpoint, oldest first: a run started with ``--init-from RUN/ckpt-STEP/...`` also counts
     that run's steps and hours up to STEP (its own checkpoint may have been rotated out; its log is enough), and a run
-    started ``--init-from`` a shipped hypernetwork counts the runs its metadata records. A shipped hypernetwork
-    shipped again (other decoding settings, the same tensors) keeps the lineage its metadata records."""
-    if _run_log(ckpt) is None and extra.get("lineage"):
+    started ``--init-from`` a shipped hypernetwork or another run's output counts the runs train.py recorded behind
+    it (``init_lineage``, :func:`ghn.rundir.lineage_of`). A shipped hypernetwork shipped again (other decoding
+    settings, the same tensors) keeps the lineage its metadata records."""
+    from ghn.rundir import run_log
+
+    if run_log(ckpt) is None and extra.get("lineage"):
         return list(extra["lineage"])
     out = [run_hours(ckpt, extra.get("step"), cores)]
     parent = (extra.get("train_config") or {}).get("init_from")  # one level: the campaign's own start is documented

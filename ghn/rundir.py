@@ -107,3 +107,36 @@ def prune(out_dir: Path, keep: int) -> List[Path]:
     for p in ckpts[:-keep]:
         shutil.rmtree(p)
     return ckpts[:-keep]
+
+
+def run_log(ckpt: str | Path) -> Optional[Path]:
+    """The log of the run that wrote ``ckpt``: next to it (a run's final file) or in the run dir above it
+    (``run/ckpt-STEP/``); None if neither has one."""
+    return next((d / "log.jsonl" for d in (Path(ckpt).parent, Path(ckpt).parent.parent)
+                 if (d / "log.jsonl").is_file()), None)
+
+
+def run_record(ckpt: str | Path, step: Optional[int], cores: int = 1) -> dict:
+    """Steps and CPU-/wall-hours of the run that wrote ``ckpt``, from its :func:`run_log` up to ``step``: the
+    logged archs/s of every interval times its cores (``cores`` for records that do not log theirs)."""
+    from ghn.plot import cpu_hours, read_log
+
+    log = run_log(ckpt)
+    if log is None:
+        raise RunDirError(f"no log.jsonl next to {ckpt} or in its run dir: the training log gives the CPU-hours")
+    recs = [r for r in read_log(str(log)) if step is None or r["step"] <= step]  # the run went on past a ckpt-STEP
+    if not recs:
+        raise RunDirError(f"{log} has no record up to the checkpoint's step {step}: it is not this checkpoint's run")
+    wall = cpu_hours([{k: v for k, v in r.items() if k != "cores"} for r in recs])[-1]
+    return {"run": str(log.parent), "steps": recs[-1]["step"] if step is None else step,
+            "cpu_hours": round(cpu_hours(recs, procs=cores)[-1], 2), "wall_hours": round(wall, 2)}
+
+
+def lineage_of(path: str | Path, extra: dict) -> list:
+    """The runs behind the hypernetwork file at ``path`` (metadata ``extra``), oldest first: the ``lineage`` a
+    shipped file records; for a run's own output, the runs it started from (``init_lineage``) and then that run up
+    to the file's step, from its log (when the log is there)."""
+    if extra.get("lineage"):
+        return list(extra["lineage"])
+    before = list(extra.get("init_lineage") or [])
+    return before + [run_record(path, extra.get("step"))] if run_log(path) is not None else before

@@ -566,8 +566,9 @@ class Trainer:
             self._init_lineage = list(self._saved.extra.get("init_lineage") or [])
         elif cfg.init_from:
             ghn = _init_from(cfg.init_from, cfg.ghn)
-            # the runs behind the file started from, as its metadata says now (the path may be overwritten later)
-            self._init_lineage = list(ghn.extra.get("lineage") or [])
+            # the runs behind the file started from, as its metadata and run log say now (the path may be
+            # overwritten later): a shipped file's lineage, or a run's output and the runs before it
+            self._init_lineage = rundir.lineage_of(cfg.init_from, ghn.extra)
         else:
             ghn = GraphHyperNetwork(GHNConfig.from_dict({**asdict(GHNConfig()), **cfg.ghn}))
         opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

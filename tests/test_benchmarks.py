@@ -122,6 +122,21 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
     g = GraphHyperNetwork.load(tmp_path / "re.safetensors")
     assert g.config.post_norm_branch_scale == 0.5 and g.extra["total_steps"] == 3
     assert [(r["steps"], r["cpu_hours"]) for r in g.extra["lineage"]] == [(2, 3.0), (1, 2.0)]
+    # a run started --init-from another run's final file (neither shipped nor a ckpt-STEP): train.py records that
+    # run up to the file's step from its log, after the runs behind it; a third run counts both
+    second, third = tmp_path / "second", tmp_path / "third"
+    train(TrainConfig(out_dir=str(second), steps=1, meta_batch=2, batch_size=16, log_every=1, progress=False,
+                      cpu=True, init_from=str(run / "ghn.safetensors")), data=ProtoData(), archs=ToyArchs())
+    first = {"run": str(run), "steps": 2, "cpu_hours": 2.0, "wall_hours": 2.0}  # the record without cores: 1 core
+    assert GraphHyperNetwork.load(second / "ghn.safetensors").extra["init_lineage"] == [first]
+    train(TrainConfig(out_dir=str(third), steps=1, meta_batch=2, batch_size=16, log_every=1, progress=False,
+                      cpu=True, init_from=str(second / "ghn.safetensors")), data=ProtoData(), archs=ToyArchs())
+    behind = GraphHyperNetwork.load(third / "ghn.safetensors").extra["init_lineage"]
+    assert behind[0] == first and behind[1]["run"] == str(second) and behind[1]["steps"] == 1
+    assert ship.main(["--ckpt", str(third / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out",
+                      str(tmp_path / "third.safetensors")]) == 0
+    assert [r["run"] for r in GraphHyperNetwork.load(tmp_path / "third.safetensors").extra["lineage"]] == [
+        str(run), str(second), str(third)]
     (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
     with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
