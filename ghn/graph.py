@@ -191,9 +191,28 @@ class ArchGraph:
 
     def has_attention(self) -> bool:
         """Whether the model mixes tokens by attention: a fused attention node (``nn.MultiheadAttention``,
-        ``scaled_dot_product_attention``) or attention written out as matmuls and a softmax."""
-        ops = {n.op for n in self.nodes}
-        return "attention" in ops or {"matmul", "softmax"} <= ops
+        ``scaled_dot_product_attention``) or attention written out, a softmax between two matmuls (scores, then
+        values; a scale or a bias added to the scores may sit in between). A log-softmax head or a matmul elsewhere
+        (bilinear pooling) is not attention."""
+        if any(n.op == "attention" for n in self.nodes):
+            return True
+        pred, succ = self._adjacent(forward=False), self._adjacent()
+
+        def reaches_matmul(i: int, adj: Dict[int, List[int]]) -> bool:  # through elementwise mul / add only
+            todo, seen = list(adj.get(i, [])), set()
+            while todo:
+                j = todo.pop()
+                if j in seen:
+                    continue
+                seen.add(j)
+                if self.nodes[j].op == "matmul":
+                    return True
+                if self.nodes[j].op in ("mul", "add"):
+                    todo += adj.get(j, [])
+            return False
+
+        return any(n.op == "softmax" and reaches_matmul(n.idx, pred) and reaches_matmul(n.idx, succ)
+                   for n in self.nodes)
 
     def conv_fed_norms(self) -> Set[str]:
         """The normalisation op types fed directly by a convolution's output: ``{"batch_norm"}`` for a ResNet,

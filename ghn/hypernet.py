@@ -237,33 +237,36 @@ class GraphHyperNetwork(nn.Module):
             datas = [featurize(g) for g in graphs]
         return Batch.from_data_list(list(datas)).to(self.device)
 
-    def forward(self, graphs: Sequence[ArchGraph], batch=None) -> List[Dict[str, Tensor]]:
+    def forward(self, graphs: Sequence[ArchGraph], batch=None,
+                caps: Optional[Sequence[float]] = None) -> List[Dict[str, Tensor]]:
         """Predict parameters for a batch of graphs: one ``{name: tensor}`` dict per graph.
 
         Differentiable w.r.t. the hypernetwork. Each dict holds every covered parameter under its canonical name
-        and under every tied alias (the same tensor object). ``batch`` may pass a precomputed ``to_pyg_batch``.
+        and under every tied alias (the same tensor object). ``batch`` may pass a precomputed ``to_pyg_batch``;
+        ``caps`` the direction cap of each graph (default :meth:`dir_cap`: a part of a model takes the model's).
         """
         if batch is None:
             batch = self.to_pyg_batch(graphs)
-        return self.decode(graphs, batch, self.encoder(batch))
+        return self.decode(graphs, batch, self.encoder(batch), caps)
 
-    def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor) -> List[Dict[str, Tensor]]:
+    def decode(self, graphs: Sequence[ArchGraph], batch, h: Tensor,
+               caps: Optional[Sequence[float]] = None) -> List[Dict[str, Tensor]]:
         """The decoder half of :meth:`forward`: node embeddings ``h`` of ``batch`` -> one params dict per graph."""
         offsets = batch.ptr[:-1].tolist()
-        node_idx, refs, owner, fed, caps, branch = [], [], [], [], [], []
+        node_idx, refs, owner, fed, ref_caps, branch = [], [], [], [], [], []
         scale = self.config.post_norm_branch_scale
         for gi, (g, off) in enumerate(zip(graphs, offsets)):
-            norm_fed, cap = self.norm_fed_nodes(g), self.dir_cap(g)
+            norm_fed, cap = self.norm_fed_nodes(g), self.dir_cap(g) if caps is None else caps[gi]
             branches = g.post_norm_branches() if scale != 1.0 else frozenset()
             for ni, ref in g.param_refs():
                 node_idx.append(off + ni)
                 refs.append(ref)
                 owner.append(gi)
                 fed.append(ni in norm_fed)
-                caps.append(cap)
+                ref_caps.append(cap)
                 branch.append(ni in branches)
         tensors = self.decoder(h[torch.tensor(node_idx, dtype=torch.long, device=h.device)], refs, self.trained_ops,
-                               fed, caps)
+                               fed, ref_caps)
         out: List[Dict[str, Tensor]] = [{} for _ in graphs]
         for gi, ref, t, b in zip(owner, refs, tensors, branch):
             t = t * scale if b else t
@@ -298,11 +301,12 @@ class GraphHyperNetwork(nn.Module):
 
     def _predict_model(self, model: nn.Module, graph: ArchGraph) -> Dict[str, Tensor]:
         """``{name: tensor}`` for ``graph``, plus the leaf modules its forward never used, each predicted from its
-        own graph (:func:`unused_leaf_graphs`; in a batch of their own, so the model's own predictions do not depend
-        on them)."""
+        own graph under the model's direction cap (:func:`unused_leaf_graphs`; in a batch of their own, so the
+        model's own predictions do not depend on them)."""
         preds = dict(self([graph])[0])
         leaves = unused_leaf_graphs(model, graph)
-        for (prefix, _), out in zip(leaves, self([g for _, g in leaves]) if leaves else []):
+        caps = [self.dir_cap(graph)] * len(leaves)
+        for (prefix, _), out in zip(leaves, self([g for _, g in leaves], caps=caps) if leaves else []):
             preds.update({f"{prefix}.{k}": t for k, t in out.items()})
         return preds
 

@@ -168,6 +168,24 @@ def test_has_attention_sees_fused_and_written_out_attention(key, want):
     assert build(key)[1].has_attention() is want
 
 
+class _BilinearCNN(nn.Module):
+    """A matmul (bilinear pooling of two conv branches) and a log-softmax head: neither is attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Linear(64, 5)
+
+    def forward(self, x):
+        a, b = self.bn(self.a(x)).flatten(2), self.b(x).flatten(2)
+        return torch.log_softmax(self.head(torch.bmm(a, b.transpose(1, 2)).flatten(1)), -1)
+
+
+def test_a_matmul_and_a_log_softmax_head_are_not_attention():
+    g = ArchGraph.from_module(_BilinearCNN(), torch.randn(2, 3, 8, 8))
+    assert {"matmul", "softmax"} <= {n.op for n in g.nodes} and not g.has_attention()
+
+
 def test_multihead_attention_expands_to_three_nodes():
     _, g = build("vit_mha")
     ln, inp, att, out = node(g, "norm1"), node(g, "attn"), node(g, "attn.attention"), node(g, "attn.out_proj")

@@ -405,6 +405,21 @@ def test_transformers_can_take_their_own_cap_beside_the_loose_one_of_cnns(tmp_pa
         want = like.predict_params(model, x)
         assert all(torch.allclose(want[k], out[k], atol=1e-6) for k in want)
     assert any(not torch.allclose(both[0][k], g.predict_params(vit, x)[k], atol=1e-4) for k in both[0])
+    # a leaf the forward never used is predicted from its own graph, under the model's cap, not its own graph's
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit, self.spare = TinyViT(), nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.vit(x)
+
+    spare = WithSpare().spare
+    leaf = ArchGraph.from_module(spare, torch.randn(2, 64))
+    assert split.dir_cap(leaf) == 4.0  # alone it would take the loose cap
+    got = split.predict_params(WithSpare(), x)["spare.weight"]
+    assert torch.allclose(got, g.with_config(max_dir_ratio=0.5).predict_params(spare, torch.randn(2, 64))["weight"],
+                          atol=1e-6)
     split.save(tmp_path / "s.safetensors")
     assert GraphHyperNetwork.load(tmp_path / "s.safetensors").config.max_dir_ratio_attn == 0.5
     with pytest.raises(ValueError, match="max_dir_ratio_attn must be >= 0 and needs max_dir_ratio > 0"):
