@@ -18,6 +18,7 @@ is to be shipped with go in ``--decode`` (ft_probe.py's syntax, ``key=value+key=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -63,8 +64,31 @@ def plan(a) -> list:
 
 
 def run(cmd: list, env: dict) -> None:
-    """One measurement (a benchmarks/ script); a failure stops the decision."""
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    """One measurement (a benchmarks/ script); a failure stops the decision with a one-line error."""
+    try:
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"error: {Path(cmd[1]).name} failed (exit {e.returncode}); rerun to resume it") from None
+
+
+def _argv(command: str) -> list:
+    """A recorded or planned command without the interpreter, the script's folder and ``--procs N`` (which do not
+    change the numbers)."""
+    parts = command.split()[1:]
+    if parts:
+        parts[0] = Path(parts[0]).name
+    while "--procs" in parts:
+        i = parts.index("--procs")
+        del parts[i:i + 2]
+    return parts
+
+
+def check_made_by(path: Path, cmd: list) -> None:
+    """An existing results file is reused only when the same command made it: another candidate or decoding
+    under the same ``--name`` is a one-line error, not a silent reuse of another file's numbers."""
+    made = json.loads(path.read_text()).get("command", "")
+    if _argv(made) != _argv(" ".join(cmd)):
+        raise SystemExit(f"error: {path} was made by another command ({made}); pick another --name or remove it")
 
 
 def judge(criterion: int, cand: dict, ship: dict) -> dict:
@@ -95,12 +119,13 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true", help="run every criterion even after one fails")
     a = p.parse_args(argv)
     if not Path(a.ckpt).is_file():
-        p.error(f"--ckpt {a.ckpt}: no such file")
+        raise SystemExit(f"error: --ckpt {a.ckpt}: no such file")
     if a.decode:
         try:
             parse_overrides(a.decode)
         except (KeyError, ValueError) as e:
-            p.error(f"--decode {a.decode!r}: not key=value[+key=value] of hypernetwork config fields ({e})")
+            raise SystemExit(f"error: --decode {a.decode!r}: not key=value[+key=value] of hypernetwork config fields "
+                             f"({type(e).__name__}: {e})") from None
     shipped = {2: (a.shipped_probe, a.shipped_probe_variant), 4: (a.shipped_val32big, None),
                1: (a.shipped_proxy, None), 3: (a.shipped_proxy, None)}
     for path, _ in shipped.values():
@@ -108,7 +133,9 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out: dict = {"candidate": a.ckpt, "decode": a.decode, "criteria": {}}
     for criteria, path, cmd in plan(a):
-        if not path.exists():
+        if path.exists():
+            check_made_by(path, cmd)
+        else:
             print("running: " + " ".join(cmd[1:]), flush=True)
             run(cmd, env)
         cand = _rows(str(path), (a.decode or "pred") if 2 in criteria else None)

@@ -68,7 +68,9 @@ def training_lineage(ckpt: str, extra: dict, cores: int) -> list:
     if parent:
         name = Path(parent).parent.name
         if name.startswith("ckpt-") and (Path(parent).parent.parent / "log.jsonl").is_file():
-            out.insert(0, run_hours(parent, int(name[5:]), cores))
+            # that run recounted here (--cores for log records without theirs), after the runs behind it
+            rec, before = run_hours(parent, int(name[5:]), cores), list(extra.get("init_lineage") or [])
+            out[:0] = (before[:-1] if before and before[-1].get("run") == rec["run"] else before) + [rec]
         elif extra.get("init_lineage"):  # train.py recorded the runs behind the file it started from
             out[:0] = list(extra["init_lineage"])
         elif shipped := _shipped_lineage(parent):  # older runs: the metadata of the file now at that path

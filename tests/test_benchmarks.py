@@ -137,6 +137,14 @@ def test_ship_writes_the_metadata_and_the_decoding_settings_evaluated(tmp_path, 
                       str(tmp_path / "third.safetensors")]) == 0
     assert [r["run"] for r in GraphHyperNetwork.load(tmp_path / "third.safetensors").extra["lineage"]] == [
         str(run), str(second), str(third)]
+    fourth = tmp_path / "fourth"  # from second's ckpt-0000001: second recounted from its log, the run behind kept
+    train(TrainConfig(out_dir=str(fourth), steps=1, meta_batch=2, batch_size=16, log_every=1, progress=False,
+                      cpu=True, init_from=str(second / "ckpt-0000001" / "ghn.safetensors")), data=ProtoData(),
+          archs=ToyArchs())
+    assert ship.main(["--ckpt", str(fourth / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out",
+                      str(tmp_path / "fourth.safetensors")]) == 0
+    assert [r["run"] for r in GraphHyperNetwork.load(tmp_path / "fourth.safetensors").extra["lineage"]] == [
+        str(run), str(second), str(fourth)]
     (run / "log.jsonl").write_text(json.dumps(recs[2]) + "\n")  # a log that starts after the checkpoint
     with pytest.raises(SystemExit, match="no record up to the checkpoint's step 2"):
         ship.main(["--ckpt", str(run / "ghn.safetensors"), "--result", str(tmp_path / "r.json"), "--out", str(out)])
@@ -647,7 +655,7 @@ def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path
     (tmp_path / "proxy").mkdir()
     monkeypatch.setattr(decide, "RESULTS", tmp_path)
 
-    def write(path, accs, fts=(), variant=None):
+    def write(path, accs, fts=(), variant=None, command=None):
         rows = [{"index": i, "acc_pred": a, "acc_default": 0.1} for i, a in enumerate(accs)]
         for r, (p, d) in zip(rows, fts):
             r.update(ft_pred=p, ft_default=d)
@@ -655,7 +663,7 @@ def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path
             rows = ([{"index": r["index"], "variant": "default", "ft": r.get("ft_default"), "acc0": 0.1} for r in rows]
                     + [{"index": r["index"], "variant": variant, "ft": r.get("ft_pred"), "acc0": r["acc_pred"]}
                        for r in rows])
-        path.write_text(json.dumps({"rows": rows}))
+        path.write_text(json.dumps({"rows": rows, **({"command": command} if command else {})}))
         return str(path)
 
     ship = {"--shipped-proxy": write(tmp_path / "sp.json", [0.4] * 4, [(0.8, 0.8), (0.7, 0.72)]),
@@ -664,12 +672,15 @@ def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path
     ckpt = tmp_path / "c.safetensors"
     ckpt.write_bytes(b"x")
     args = ["--ckpt", str(ckpt), "--name", "c", "--decode", "max_dir_ratio_attn=0.5", *sum(ship.items(), ())]
-    write(tmp_path / "ft_probe_c_postnorm.json", [0.3] * 2, [(0.6, 0.5), (0.45, 0.5)], "max_dir_ratio_attn=0.5")
+    a = decide.argparse.Namespace(ckpt=str(ckpt), name="c", decode="max_dir_ratio_attn=0.5", procs=2)
+    cmds = {Path(path).name: " ".join(cmd) for _, path, cmd in decide.plan(a)}  # as a script records its command
+    write(tmp_path / "ft_probe_c_postnorm.json", [0.3] * 2, [(0.6, 0.5), (0.45, 0.5)], "max_dir_ratio_attn=0.5",
+          cmds["ft_probe_c_postnorm.json"])
     calls = []
 
     def run(cmd, env):  # the evaluation: a lower no-training mean on the 32 larger architectures
         calls.append(cmd)
-        write(Path(cmd[cmd.index("--out") + 1]), [0.29, 0.28, 0.3])
+        write(Path(cmd[cmd.index("--out") + 1]), [0.29, 0.28, 0.3], command=" ".join(cmd))
 
     monkeypatch.setattr(decide, "run", run)
     assert decide.main(args) == 0
@@ -679,11 +690,15 @@ def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path
     assert out["criteria"]["2"]["holds"] and not out["criteria"]["4"]["holds"] and "1" not in out["criteria"]
     assert not out["ships"] and "does not ship" in capsys.readouterr().out
     # every result present and better: nothing runs, all four hold
-    write(tmp_path / "eval_val32big_c_notrain.json", [0.35, 0.31, 0.3])
-    write(tmp_path / "proxy" / "c.json", [0.41, 0.40, 0.42, 0.40], [(0.81, 0.8), (0.71, 0.72)])
+    write(tmp_path / "eval_val32big_c_notrain.json", [0.35, 0.31, 0.3], command=cmds["eval_val32big_c_notrain.json"])
+    write(tmp_path / "proxy" / "c.json", [0.41, 0.40, 0.42, 0.40], [(0.81, 0.8), (0.71, 0.72)],
+          command=cmds["c.json"].replace("--procs 2", "--procs 1"))  # the worker count does not change the numbers
     calls.clear()
     assert decide.main(args) == 0 and calls == []
     out = json.loads((tmp_path / "decision_c.json").read_text())
     assert out["ships"] and sorted(out["criteria"]) == ["1", "2", "3", "4"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="--decode 'no_such_field=1'"):
         decide.main(args[:2] + ["--name", "c", "--decode", "no_such_field=1"])
+    # the same name for another decoding: the files of the first are not silently reused
+    with pytest.raises(SystemExit, match="was made by another command"):
+        decide.main([*args[:4], "--decode", "max_dir_ratio_attn=0.4", *args[6:]])
