@@ -4,11 +4,12 @@
 Both files are results of ``proxy.py`` (or ``eval.py``) on the same architectures, or one ``ft_probe.py`` file
 twice with ``--variants CANDIDATE SHIPPED`` (its ``acc0`` / ``ft`` rows of those variants, default init from its
 ``default`` rows). For each of no-training top-1
-(``acc_pred``) and top-1 after fine-tuning (``ft_pred``, where both have it) it gives the paired mean difference
+(``acc_pred``) and top-1 after fine-tuning (``ft_pred``, or an ``eval.py`` row's one step budget such as
+``ft100s_pred``, where both have it) it gives the paired mean difference
 candidate - shipped with its standard error, and on how many architectures the candidate is better / worse.
 Then the rule declared in docs/BENCHMARKS.md (session 8): the candidate ships if its do-no-harm count (``ft_pred
 >= ft_default - 0.5`` points) is not lower than the shipped one's AND its no-training mean is not lower by more
-than one paired standard error.
+than one paired standard error. The architectures whose do-no-harm verdict differs are named with both gaps.
 
     python benchmarks/paired.py benchmarks/results/proxy/campaign-8719_dsun_n65_s2.json \\
         benchmarks/results/proxy/campaign-5587_dsun_n65_s2.json --out benchmarks/results/paired_8719.json
@@ -19,12 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from ghn.plot import no_harm
+
+
+def _ft_as_proxy(row: dict) -> dict:
+    """An eval.py row fine-tuned at one step budget (``ft100s_pred`` / ``ft100s_default``) with proxy.py's
+    ``ft_pred`` / ``ft_default`` keys, so the same pairing and do-no-harm count apply to it."""
+    if "ft_pred" in row:
+        return row
+    budgets = [k[:-5] for k in row if re.fullmatch(r"ft\d+s_pred", k) and f"{k[:-5]}_default" in row]
+    if len(budgets) != 1:
+        return row
+    return {**row, "ft_pred": row[f"{budgets[0]}_pred"], "ft_default": row[f"{budgets[0]}_default"]}
 
 
 def _rows(path: str, variant: str | None = None) -> dict:
@@ -37,7 +50,7 @@ def _rows(path: str, variant: str | None = None) -> dict:
     if variant is None:
         if any("variant" in r for r in doc["rows"]):
             raise SystemExit(f"{path}: an ft_probe.py result; say which variants to compare (--variants CAND SHIPPED)")
-        return {(r.get("split", ""), r["index"]): r for r in doc["rows"]}
+        return {(r.get("split", ""), r["index"]): _ft_as_proxy(r) for r in doc["rows"]}
     default = {r["index"]: r.get("ft") for r in doc["rows"] if r.get("variant") == "default"}
     rows = {("", r["index"]): {"acc_pred": r["acc0"], "ft_pred": r.get("ft"), "ft_default": default.get(r["index"])}
             for r in doc["rows"] if r.get("variant") == variant}

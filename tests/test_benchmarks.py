@@ -323,6 +323,16 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     assert abs(out["no_harm_flips"]["lost"][0]["candidate_gap"] + 2.0) < 1e-9
     printed = capsys.readouterr().out
     assert "does not ship" in printed and "no-harm lost: 0 (candidate -2.0, shipped +0.0" in printed
+    # eval.py rows fine-tuned at one step budget pair like proxy.py's
+    ev = [{"split": "test", "index": i, "acc_pred": 0.3, "acc_default": 0.1, "ft100s_pred": p, "ft100s_default": 0.8}
+          for i, p in enumerate([0.81, 0.78])]
+    (tmp_path / "e.json").write_text(json.dumps({"rows": ev}))
+    ev[1]["ft100s_pred"] = 0.8
+    (tmp_path / "f.json").write_text(json.dumps({"rows": ev}))
+    assert paired.main([str(tmp_path / "e.json"), str(tmp_path / "f.json"), "--out", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["no_harm"] == {"candidate": [1, 2], "shipped": [2, 2]} and not out["ships"]
+    assert [r["key"] for r in out["no_harm_flips"]["lost"]] == ["test/1"]
     no_ft = result("d.json", [0.35, 0.35, 0.35, 0.35], [])  # a no-training design comparison: numbers, no verdict
     assert paired.main([no_ft, ship, "--out", str(tmp_path / "o.json")]) == 0
     out = json.loads((tmp_path / "o.json").read_text())
