@@ -95,7 +95,8 @@ def judge(criterion: int, cand: dict, ship: dict) -> dict:
     """One criterion of the rule on paired rows (``paired._rows``): its numbers and whether it holds."""
     acc = paired(cand, ship, "acc_pred")
     if criterion in (1, 2):
-        (hc, nc), (hs, ns) = no_harm_count(cand), no_harm_count(ship)
+        both = set(cand) & set(ship)
+        (hc, nc), (hs, ns) = no_harm_count(cand, both), no_harm_count(ship, both)
         if nc == 0 or ns == 0:
             raise SystemExit(f"criterion {criterion}: no fine-tuning rows to count do-no-harm on")
         return {"no_harm": [hc, nc], "shipped_no_harm": [hs, ns], "ft_pred": paired(cand, ship, "ft_pred"),

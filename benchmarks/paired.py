@@ -42,8 +42,12 @@ def _ft_as_proxy(row: dict) -> dict:
 
 def _rows(path: str, variant: str | None = None) -> dict:
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:  # missing, unreadable or not JSON (a run still writing its .partial.jsonl)
+        text = Path(path).read_text()
+        if path.endswith(".partial.jsonl"):  # a stopped run's rows so far (its first line holds the settings)
+            doc = {"rows": [r for r in map(json.loads, text.splitlines()[1:]) if "index" in r]}
+        else:
+            doc = json.loads(text)
+    except (OSError, ValueError) as e:  # missing, unreadable or not JSON
         raise SystemExit(f"{path}: cannot read a results file ({type(e).__name__}: {e})") from None
     if "rows" not in doc:
         raise SystemExit(f"{path}: no per-architecture 'rows' (not a proxy.py, eval.py or ft_probe.py result)")
@@ -71,8 +75,11 @@ def paired(cand: dict, ship: dict, key: str) -> dict | None:
             "diff": mean, "se": se, "better": sum(x > 0 for x in d), "worse": sum(x < 0 for x in d)}
 
 
-def no_harm_count(rows: dict) -> tuple[int, int]:
-    ft = [r for r in rows.values() if r.get("ft_pred") is not None and r.get("ft_default") is not None]
+def no_harm_count(rows: dict, keys=None) -> tuple[int, int]:
+    """``(architectures within half a point of default init or ahead, architectures fine-tuned)``, over ``keys``
+    (the architectures both files have) when given."""
+    ft = [r for k, r in rows.items() if (keys is None or k in keys)
+          and r.get("ft_pred") is not None and r.get("ft_default") is not None]
     return sum(no_harm(r["ft_pred"], r["ft_default"]) for r in ft), len(ft)
 
 
@@ -110,7 +117,8 @@ def main(argv=None) -> int:
         if r:
             print(f"{key:9s} n={r['n']:3d}  candidate {100 * r['candidate']:.1f}%  shipped {100 * r['shipped']:.1f}%  "
                   f"paired {100 * r['diff']:+.1f} +- {100 * r['se']:.1f}  better {r['better']} worse {r['worse']}")
-    (hc, nc), (hs, ns) = no_harm_count(cand), no_harm_count(ship)
+    both = set(cand) & set(ship)  # a stopped run's rows so far are counted against the same architectures
+    (hc, nc), (hs, ns) = no_harm_count(cand, both), no_harm_count(ship, both)
     out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
     out["no_harm_flips"] = flips = no_harm_flips(cand, ship)
     for what, rows in flips.items():  # where the counts differ: a half-point line crossed by a little or a lot

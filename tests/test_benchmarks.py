@@ -333,6 +333,12 @@ def test_paired_applies_the_declared_shipping_rule(tmp_path, monkeypatch, capsys
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["no_harm"] == {"candidate": [1, 2], "shipped": [2, 2]} and not out["ships"]
     assert [r["key"] for r in out["no_harm_flips"]["lost"]] == ["test/1"]
+    # a stopped run's rows so far (.partial.jsonl), counted against the same architectures of the other file
+    part = tmp_path / "g.json.partial.jsonl"
+    part.write_text(json.dumps({"settings": {}}) + "\n" + json.dumps(ev[1]) + "\n")
+    assert paired.main([str(part), str(tmp_path / "e.json"), "--out", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["no_harm"] == {"candidate": [1, 1], "shipped": [0, 1]} and out["acc_pred"]["n"] == 1
     no_ft = result("d.json", [0.35, 0.35, 0.35, 0.35], [])  # a no-training design comparison: numbers, no verdict
     assert paired.main([no_ft, ship, "--out", str(tmp_path / "o.json")]) == 0
     out = json.loads((tmp_path / "o.json").read_text())
