@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 from ft_probe import parse_overrides  # noqa: E402
-from paired import _rows, no_harm_count, no_harm_flips, paired  # noqa: E402
+from paired import _rows, no_harm_counts, no_harm_flips, paired  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,8 +95,7 @@ def judge(criterion: int, cand: dict, ship: dict) -> dict:
     """One criterion of the rule on paired rows (``paired._rows``): its numbers and whether it holds."""
     acc = paired(cand, ship, "acc_pred")
     if criterion in (1, 2):
-        both = set(cand) & set(ship)
-        (hc, nc), (hs, ns) = no_harm_count(cand, both), no_harm_count(ship, both)
+        (hc, nc), (hs, ns) = no_harm_counts(cand, ship)
         if nc == 0 or ns == 0:
             raise SystemExit(f"criterion {criterion}: no fine-tuning rows to count do-no-harm on")
         return {"no_harm": [hc, nc], "shipped_no_harm": [hs, ns], "ft_pred": paired(cand, ship, "ft_pred"),

@@ -83,6 +83,13 @@ def no_harm_count(rows: dict, keys=None) -> tuple[int, int]:
     return sum(no_harm(r["ft_pred"], r["ft_default"]) for r in ft), len(ft)
 
 
+def no_harm_counts(cand: dict, ship: dict) -> tuple:
+    """:func:`no_harm_count` of both sides over the architectures both have (a stopped run's rows so far are
+    counted against the same architectures of the other file)."""
+    both = set(cand) & set(ship)
+    return no_harm_count(cand, both), no_harm_count(ship, both)
+
+
 def no_harm_flips(cand: dict, ship: dict) -> dict:
     """The architectures whose do-no-harm verdict differs: ``{"lost": [...], "gained": [...]}``, each
     ``{"key", "candidate_gap", "shipped_gap"}`` (fine-tuned minus default init, points)."""
@@ -117,8 +124,7 @@ def main(argv=None) -> int:
         if r:
             print(f"{key:9s} n={r['n']:3d}  candidate {100 * r['candidate']:.1f}%  shipped {100 * r['shipped']:.1f}%  "
                   f"paired {100 * r['diff']:+.1f} +- {100 * r['se']:.1f}  better {r['better']} worse {r['worse']}")
-    both = set(cand) & set(ship)  # a stopped run's rows so far are counted against the same architectures
-    (hc, nc), (hs, ns) = no_harm_count(cand, both), no_harm_count(ship, both)
+    (hc, nc), (hs, ns) = no_harm_counts(cand, ship)
     out["no_harm"] = {"candidate": [hc, nc], "shipped": [hs, ns]}
     out["no_harm_flips"] = flips = no_harm_flips(cand, ship)
     for what, rows in flips.items():  # where the counts differ: a half-point line crossed by a little or a lot

@@ -194,8 +194,9 @@ class ArchGraph:
         ``scaled_dot_product_attention``) or attention written out, a softmax between two matmuls (scores, then
         values; a scale or a bias added to the scores may sit in between). A log-softmax head or a matmul elsewhere
         (bilinear pooling) is not attention."""
-        if any(n.op == "attention" for n in self.nodes):
-            return True
+        ops = {n.op for n in self.nodes}
+        if "attention" in ops or not {"matmul", "softmax"} <= ops:  # most models: one pass over the nodes
+            return "attention" in ops
         pred, succ = self._adjacent(forward=False), self._adjacent()
 
         def reaches_matmul(i: int, adj: Dict[int, List[int]]) -> bool:  # through elementwise mul / add only
