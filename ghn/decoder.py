@@ -123,6 +123,8 @@ class LowRankDecoder(nn.Module):
             raise ValueError(f"noise_share must be in [0, 1), got {noise_share}")
         if base_kind not in BASE_KINDS:
             raise ValueError(f"base_kind must be one of {BASE_KINDS}, got {base_kind!r}")
+        if not 0 < rank <= code_dim:  # A = E M_A: an index code of code_dim dims carries at most that rank
+            raise ValueError(f"rank must be in [1, code_dim={code_dim}], got {rank}")
         self.rank, self.code_dim, self.kernel_code_dim = rank, code_dim, kernel_code_dim
         self.base, self.orth, self.bounded_vectors, self.base_kind = base, orth, bounded_vectors, base_kind
         self.max_angle = math.asin(math.sqrt(max_pred_share))
@@ -148,6 +150,24 @@ class LowRankDecoder(nn.Module):
         self.register_buffer("phase", torch.rand(code_dim, generator=g) * 2 * math.pi)
         self.register_buffer("kfreq", torch.randn(kernel_code_dim, MAX_KERNEL_DIMS, generator=g))
         self.register_buffer("kphase", torch.rand(kernel_code_dim, generator=g) * 2 * math.pi)
+
+    def grown_state(self, old: Dict[str, Tensor], old_rank: int, prefix: str = "") -> Dict[str, Tensor]:
+        """The factor heads of a rank-``old_rank`` decoder's state ``old`` grown to this decoder's rank: component
+        ``i < old_rank`` of every code dimension keeps its trained weights, the others take this decoder's own
+        (fresh) init rescaled to the trained head's RMS, so their gradients start at the trained ones' size."""
+        out = {}
+        for name, d in (("head_a", self.code_dim), ("head_b", self.code_dim), ("head_k", self.kernel_code_dim)):
+            for kind in ("weight", "bias"):
+                mine = getattr(self, name).state_dict()[kind].detach()
+                was = old[f"{name}.{kind}"].to(mine)
+                grown = mine.reshape(d, self.rank, -1).clone()
+                trained = was.reshape(d, old_rank, -1)
+                fresh = grown[:, old_rank:]
+                rms = trained.pow(2).mean().sqrt()
+                grown[:, old_rank:] = fresh * (rms / fresh.pow(2).mean().sqrt().clamp_min(1e-12))
+                grown[:, :old_rank] = trained
+                out[f"{prefix}{name}.{kind}"] = grown.reshape(mine.shape)
+        return out
 
     # -- codes -----------------------------------------------------------------------------------------------
     def index_code(self, n: int) -> Tensor:

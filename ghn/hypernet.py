@@ -209,10 +209,28 @@ class GraphHyperNetwork(nn.Module):
 
     def with_config(self, **overrides: Any) -> "GraphHyperNetwork":
         """A copy with config ``overrides`` that keep every tensor (e.g. ``base_kind``, ``max_pred_share``); raises
-        ``ValueError`` (one line) for overrides that would change them (``hidden``, ...)."""
-        new = GraphHyperNetwork(GHNConfig(**{**asdict(self.config), **overrides}))
+        ``ValueError`` (one line) for overrides that would change them (``hidden``, ...).
+
+        A larger ``rank`` grows the decoder (:meth:`LowRankDecoder.grown_state`): the trained components stay, the
+        new ones start from a seeded fresh init at the trained heads' scale, so a trained file can start a run at
+        a higher rank (``train.py --init-from X --rank R``). With ``orth`` the new directions take their share of
+        the predicted part at once, so the predictions change; training teaches them."""
+        cfg = GHNConfig(**{**asdict(self.config), **overrides})
+        state = self.state_dict()
+        if cfg.rank != self.config.rank:
+            if cfg.rank < self.config.rank:
+                raise ValueError(f"rank can only grow ({self.config.rank} -> {cfg.rank} would drop trained "
+                                 "components)")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.code_seed * 1_000_003 + cfg.rank)
+                new = GraphHyperNetwork(cfg)
+            state = {**state, **new.decoder.grown_state(
+                {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")},
+                self.config.rank, prefix="decoder.")}
+        else:
+            new = GraphHyperNetwork(cfg)
         try:
-            new.load_state_dict(self.state_dict())
+            new.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(f"the overrides {sorted(overrides)} change the hypernetwork's tensors ({first}); only "

@@ -617,3 +617,49 @@ def test_post_norm_branches_of_torch_encoder_layers_with_dropout(norm_first):
     for training in (True, False):
         g = ArchGraph.from_module(enc.train(training), torch.randn(2, 5, 16))
         assert {g.nodes[i].name for i in g.post_norm_branches()} == want
+
+
+def test_rank_grows_keeping_the_trained_components():
+    g = make_ghn()
+    grown = g.with_config(rank=12)
+    assert grown.config.rank == 12 and grown.decoder.rank == 12
+    d, ctx = SMALL["code_dim"], 2 * SMALL["hidden"]
+    new_w = grown.decoder.head_a.weight.detach().view(d, 12, ctx)
+    assert torch.equal(new_w[:, :8], g.decoder.head_a.weight.detach().view(d, 8, ctx))
+    assert torch.equal(grown.decoder.head_k.bias.detach().view(-1, 12)[:, :8], g.decoder.head_k.bias.view(-1, 8))
+    # the new components: nonzero, at the trained head's scale, and the same on every call (seeded)
+    rms = lambda t: t.pow(2).mean().sqrt().item()  # noqa: E731
+    assert rms(new_w[:, 8:]) == pytest.approx(rms(new_w[:, :8]), rel=1e-4)
+    assert torch.equal(g.with_config(rank=12).decoder.head_a.weight, grown.decoder.head_a.weight)
+    # every other tensor is the trained one
+    old = g.state_dict()
+    for k, v in grown.state_dict().items():
+        if not k.startswith(("decoder.head_a", "decoder.head_b", "decoder.head_k")):
+            assert torch.equal(v, old[k]), k
+    model, x = models()[0]
+    params = grown.predict_params(model, x)
+    assert all(torch.isfinite(p).all() for p in params.values())
+    torch.func.functional_call(model, params, (x,)).pow(2).mean().backward()
+    grad = grown.decoder.head_a.weight.grad.view(d, 12, ctx)
+    assert torch.isfinite(grad).all() and grad[:, 8:].abs().sum() > 0  # the new components learn
+    with pytest.raises(ValueError, match="rank can only grow"):
+        grown.with_config(rank=8)
+
+
+def test_grown_rank_spreads_the_predicted_part_over_more_directions():
+    """A wide layer's predicted part is rank r: growing r raises the effective rank of what the decoder predicts."""
+    g = make_ghn(base=False, noise_share=0.0).eval()
+    ref = ParamRef(name="w", kind="matrix", shape=(40, 40), fan_in=40, op="linear")
+    emb = torch.randn(1, SMALL["hidden"])
+    with torch.no_grad():
+        w8 = g.decoder(emb, [ref])[0]
+        w16 = g.with_config(rank=16).decoder(emb, [ref])[0]
+    assert torch.linalg.matrix_rank(w8).item() == 8
+    assert torch.linalg.matrix_rank(w16).item() == 16
+
+
+def test_rank_above_the_code_dim_is_refused():
+    with pytest.raises(ValueError, match="rank must be in"):
+        GraphHyperNetwork(**{**SMALL, "rank": 33})
+    with pytest.raises(ValueError, match="rank must be in"):
+        make_ghn().with_config(rank=64)

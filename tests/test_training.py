@@ -83,6 +83,19 @@ def test_init_from_takes_design_overrides_that_keep_the_tensors(tmp_path):
         train(cfg(tmp_path, "bad", steps=1, init_from=src, ghn={"hidden": 16}), data=ProtoData(), archs=ToyArchs())
 
 
+def test_init_from_grows_the_rank(tmp_path):
+    base = cfg(tmp_path, "base", steps=2)
+    train(base, data=ProtoData(), archs=ToyArchs())
+    src = os.path.join(base.out_dir, "ghn.safetensors")
+    grown = cfg(tmp_path, "grown", steps=3, init_from=src, ghn={"rank": 12})
+    train(grown, data=ProtoData(), archs=ToyArchs())
+    assert all(math.isfinite(v) for v in losses(grown.out_dir))
+    got = GraphHyperNetwork.load(os.path.join(grown.out_dir, "ghn.safetensors"))
+    assert got.config.rank == 12 and got.decoder.head_a.weight.shape[0] == SMALL["code_dim"] * 12
+    with pytest.raises(ValueError, match="rank can only grow"):
+        train(cfg(tmp_path, "bad", steps=1, init_from=src, ghn={"rank": 4}), data=ProtoData(), archs=ToyArchs())
+
+
 def test_nan_steps_are_skipped_and_counted(tmp_path):
     data = ProtoData()
     data.images[:] = float("nan")
