@@ -1,6 +1,7 @@
 """Pictures of training runs and evaluations (matplotlib, an optional extra: ``pip install -e .[plot]``).
 
     python -m ghn.plot curve runs/campaign/log.jsonl --out docs/img/curve.png        # loss / acc vs step and hours
+    python -m ghn.plot curve runs/a/log.jsonl runs/b/log.jsonl --out ab.png          # two runs, paired loss printed
     python -m ghn.plot scatter benchmarks/results/eval_fashion-mnist_test.json --out docs/img/scatter.png
     python -m ghn.plot families benchmarks/results/eval_fashion-mnist_test.json --out docs/img/families.png
 
@@ -69,28 +70,51 @@ def _smooth(v: Sequence[float], k: int) -> List[float]:
     return [statistics.mean(v[max(0, i - k + 1):i + 1]) for i in range(len(v))]
 
 
-def plot_curve(log: str, out: str, smooth: int = 20, cores: int = 1) -> str:
-    """Training loss and accuracy against step and against CPU-hours (wall time x ``cores`` the run used)."""
+def paired_loss(logs: Sequence[str]) -> List[Dict[str, Any]]:
+    """Each later log's training loss against the first's at the steps both logged: with the same ``--seed`` the
+    runs draw the same architectures and images at every step, so the per-step difference is paired."""
+    first = {r["step"]: r["loss"] for r in read_log(logs[0])}
+    out = []
+    for log in logs[1:]:
+        d = [r["loss"] - first[r["step"]] for r in read_log(log) if r["step"] in first]
+        if len(d) < 2:
+            raise ValueError(f"{log}: fewer than 2 logged steps in common with {logs[0]}")
+        out.append({"log": log, "against": logs[0], "steps": len(d), "diff": statistics.mean(d),
+                    "se": statistics.stdev(d) / len(d) ** 0.5, "lower": sum(v < 0 for v in d)})
+    return out
+
+
+def plot_curve(logs: Union[str, Sequence[str]], out: str, smooth: int = 20, cores: int = 1) -> str:
+    """Training loss and accuracy against step and against CPU-hours (wall time x ``cores`` the run used); several
+    logs are drawn together, labelled by their run directory."""
     plt = _plt()
-    recs = read_log(log)
-    steps = [r["step"] for r in recs]
-    hours = cpu_hours(recs, cores)
+    logs = [logs] if isinstance(logs, str) else list(logs)
     fig, ax = plt.subplots(2, 2, figsize=(10, 6), sharey="row")
-    for col, (x, label) in enumerate(((steps, "step"), (hours, "CPU-hours"))):
-        ax[0, col].plot(x, _smooth([r["loss"] for r in recs], smooth), lw=1)
-        ax[1, col].plot(x, _smooth([100 * r["acc"] for r in recs], smooth), lw=1, color="tab:green")
-        ax[1, col].set_xlabel(label)
-    for i in range(1, len(recs)):  # where a resume switched a decoding dial (train.py RESUME_SWITCHABLE)
-        was, now = recs[i - 1].get("max_dir_ratio", 0.0), recs[i].get("max_dir_ratio", 0.0)
-        if was != now:
-            for col, x in enumerate((steps, hours)):
-                for row in range(2):
-                    ax[row, col].axvline(x[i - 1], color="grey", ls=":", lw=1)
-                ax[0, col].annotate(f"max_dir_ratio {was:g} -> {now:g}", (x[i - 1], 1), fontsize=7, ha="right",
-                                    va="top", rotation=90, color="grey", xycoords=("data", "axes fraction"))
+    titles = []
+    for log in logs:
+        recs = read_log(log)
+        steps = [r["step"] for r in recs]
+        hours = cpu_hours(recs, cores)
+        name = Path(log).parent.name
+        for col, (x, label) in enumerate(((steps, "step"), (hours, "CPU-hours"))):
+            ax[0, col].plot(x, _smooth([r["loss"] for r in recs], smooth), lw=1, label=name)
+            ax[1, col].plot(x, _smooth([100 * r["acc"] for r in recs], smooth), lw=1, label=name,
+                            color="tab:green" if len(logs) == 1 else None)
+            ax[1, col].set_xlabel(label)
+        for i in range(1, len(recs)):  # where a resume switched a decoding dial (train.py RESUME_SWITCHABLE)
+            was, now = recs[i - 1].get("max_dir_ratio", 0.0), recs[i].get("max_dir_ratio", 0.0)
+            if was != now:
+                for col, x in enumerate((steps, hours)):
+                    for row in range(2):
+                        ax[row, col].axvline(x[i - 1], color="grey", ls=":", lw=1)
+                    ax[0, col].annotate(f"max_dir_ratio {was:g} -> {now:g}", (x[i - 1], 1), fontsize=7, ha="right",
+                                        va="top", rotation=90, color="grey", xycoords=("data", "axes fraction"))
+        titles.append(f"{name}: {steps[-1]} steps, {hours[-1]:.2f} CPU-hours")
     ax[0, 0].set_ylabel("training loss")
     ax[1, 0].set_ylabel("training top-1 (%)")
-    fig.suptitle(f"{Path(log).parent.name}: {steps[-1]} steps, {hours[-1]:.2f} CPU-hours (moving mean of {smooth})")
+    if len(logs) > 1:
+        ax[0, 0].legend(fontsize=8)
+    fig.suptitle("; ".join(titles) + f" (moving mean of {smooth})", fontsize=9 if len(logs) > 1 else None)
     return _save(fig, out)
 
 
@@ -192,8 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ghn.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=("curve", "scatter", "families"))
-    p.add_argument("input", nargs="+", help="log.jsonl (curve) or results .json files with per-architecture rows "
-                                            "(scatter, families: several are plotted together)")
+    p.add_argument("input", nargs="+", help="log.jsonl files (curve) or results .json files with per-architecture "
+                                            "rows (scatter, families); several are plotted together")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--smooth", type=int, default=20, help="curve: moving-mean window in logged records")
     p.add_argument("--cores", type=int, default=1,
@@ -202,9 +226,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.kind == "curve":
-            if len(a.input) != 1:
-                raise ValueError("curve: one log.jsonl")
-            path = plot_curve(a.input[0], a.out, a.smooth, a.cores)
+            path = plot_curve(a.input, a.out, a.smooth, a.cores)
+            for d in paired_loss(a.input) if len(a.input) > 1 else []:
+                print(f"{d['log']}: training loss {d['diff']:+.4f} +- {d['se']:.4f} against {d['against']} over "
+                      f"{d['steps']} logged steps (lower on {d['lower']}; paired when both ran with one --seed)")
         else:
             path = (plot_scatter if a.kind == "scatter" else plot_families)(a.input, a.out)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:

@@ -91,3 +91,24 @@ def test_fine_tuning_panels_are_titled_by_their_budget():
     rows = [{"acc_pred": 0.3, "acc_default": 0.1, "ft1_pred": 0.8, "ft1_default": 0.7, "ft100s_pred": 0.6,
              "ft100s_default": 0.5}]
     assert [p[0] for p in _pairs(rows)] == ["no training", "after 1 epoch", "after 100 SGD steps"]
+
+
+def test_curve_draws_several_runs_and_pairs_their_losses_by_step(tmp_path, monkeypatch, capsys):
+    import ghn.plot as gp
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base = [{"step": s, "loss": 2.0 + (s % 20) / 10, "acc": 0.2, "archs_per_step": 4, "archs_per_s": 2.0}
+            for s in range(10, 110, 10)]
+    a = _write_log(tmp_path / "a" / "log.jsonl", base)
+    b = _write_log(tmp_path / "b" / "log.jsonl", [dict(r, loss=r["loss"] - 0.1 * (r["step"] != 50))
+                                                  for r in base[:8]])  # 8 common steps, lower on 7 of them
+    (d,) = gp.paired_loss([a, b])
+    assert (d["steps"], d["lower"]) == (8, 7) and d["diff"] == pytest.approx(-0.1 * 7 / 8)
+    figs = []
+    monkeypatch.setattr(gp, "_save", lambda fig, out: figs.append(fig) or out)
+    assert main(["curve", a, b, "--out", str(tmp_path / "ab.png")]) == 0
+    assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()] == ["a", "b"]
+    assert "lower on 7" in capsys.readouterr().out
+    c = _write_log(tmp_path / "c.jsonl", [dict(base[0], step=999)])
+    assert main(["curve", a, c, "--out", str(tmp_path / "x.png")]) == 2  # nothing in common: one-line error
