@@ -5,6 +5,8 @@ The rule of phases 4-7 (docs/BENCHMARKS.md, "Phase 4"): the candidate replaces t
   2. its do-no-harm count on the 6 post-norm val ViTs is not lower;
   3. its no-training top-1 on the 48 val architectures up to 500k is not lower by more than one paired SE;
   4. its no-training top-1 on the 32 val architectures above 500k is higher, paired (mean difference > 0).
+From phase 7r64b on (``--rule phase7r64b``, docs/BENCHMARKS.md, "Phase 7 and phase 7r64"), criterion 1 holds when
+the count is at most one lower and the paired mean top-1 after fine-tuning is not lower by more than one paired SE.
 
 The measurements, cheapest first (2, 4, then 1 and 3 from one proxy run), each skipped when its results file
 exists and resumed from its own ``.partial.jsonl`` when stopped; it stops at the first criterion that fails unless
@@ -31,6 +33,7 @@ from paired import _rows, no_harm_counts, no_harm_flips, paired  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+RULES = ("phase4", "phase7r64b")
 POSTNORM_VITS = [148, 159, 84, 8, 121, 103]
 VAL32BIG = [0, 2, 4, 5, 6, 7, 8, 9, 14, 16, 17, 18, 19, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 35, 40, 41, 42, 43,
             44, 47, 48, 49]
@@ -91,15 +94,21 @@ def check_made_by(path: Path, cmd: list) -> None:
         raise SystemExit(f"error: {path} was made by another command ({made}); pick another --name or remove it")
 
 
-def judge(criterion: int, cand: dict, ship: dict) -> dict:
-    """One criterion of the rule on paired rows (``paired._rows``): its numbers and whether it holds."""
+def judge(criterion: int, cand: dict, ship: dict, rule: str = "phase4") -> dict:
+    """One criterion of the rule on paired rows (``paired._rows``): its numbers and whether it holds. Under
+    ``rule="phase7r64b"`` criterion 1 allows one architecture fewer within the do-no-harm line, provided the paired
+    mean of top-1 after fine-tuning is not lower by more than one paired standard error."""
     acc = paired(cand, ship, "acc_pred")
     if criterion in (1, 2):
         (hc, nc), (hs, ns) = no_harm_counts(cand, ship)
         if nc == 0 or ns == 0:
             raise SystemExit(f"criterion {criterion}: no fine-tuning rows to count do-no-harm on")
-        return {"no_harm": [hc, nc], "shipped_no_harm": [hs, ns], "ft_pred": paired(cand, ship, "ft_pred"),
-                "flips": no_harm_flips(cand, ship), "holds": hc / nc >= hs / ns}
+        ft = paired(cand, ship, "ft_pred")
+        holds = hc / nc >= hs / ns
+        if criterion == 1 and rule == "phase7r64b":
+            holds = hc >= hs - 1 and nc == ns and ft is not None and ft["diff"] >= -ft["se"]
+        return {"no_harm": [hc, nc], "shipped_no_harm": [hs, ns], "ft_pred": ft,
+                "flips": no_harm_flips(cand, ship), "holds": bool(holds)}
     if acc is None:
         raise SystemExit(f"criterion {criterion}: no architecture has a no-training result in both files")
     holds = acc["diff"] >= -acc["se"] if criterion == 3 else acc["diff"] > 0
@@ -117,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--shipped-val32big", default=str(RESULTS / "eval_val32big_phase5_notrain.json"))
     p.add_argument("--procs", type=int, default=2, help="proxy.py worker processes (1 thread each)")
     p.add_argument("--all", action="store_true", help="run every criterion even after one fails")
+    p.add_argument("--rule", choices=RULES, default="phase4",
+                   help="phase4: the rule of phases 4-7r64; phase7r64b: criterion 1 allows one no-harm flip when "
+                        "the paired fine-tuning mean is not lower by more than one SE (declared in session 33)")
     a = p.parse_args(argv)
     if not Path(a.ckpt).is_file():
         raise SystemExit(f"error: --ckpt {a.ckpt}: no such file")
@@ -131,7 +143,7 @@ def main(argv=None) -> int:
     for path, _ in shipped.values():
         _rows(path, _)  # a missing shipped file fails now, not after an hour of evaluation
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out: dict = {"candidate": a.ckpt, "decode": a.decode, "criteria": {}}
+    out: dict = {"candidate": a.ckpt, "decode": a.decode, "rule": a.rule, "criteria": {}}
     for criteria, path, cmd in plan(a):
         if path.exists():
             check_made_by(path, cmd)
@@ -141,7 +153,7 @@ def main(argv=None) -> int:
         cand = _rows(str(path), (a.decode or "pred") if 2 in criteria else None)
         for c in criteria:
             ship_path, variant = shipped[c]
-            r = judge(c, cand, _rows(ship_path, variant))
+            r = judge(c, cand, _rows(ship_path, variant), a.rule)
             out["criteria"][str(c)] = {"results": str(path), "shipped": ship_path, **r}
             print(f"criterion {c}: {'holds' if r['holds'] else 'FAILS'}  " + (
                 f"no-harm {r['no_harm'][0]}/{r['no_harm'][1]} vs {r['shipped_no_harm'][0]}/{r['shipped_no_harm'][1]}"

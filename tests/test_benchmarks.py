@@ -660,6 +660,33 @@ def test_ft_probe_reuses_default_init_rows_across_probes(tmp_path, monkeypatch):
         ft_probe.main(args + ["--out", str(tmp_path / "d.json")])
 
 
+def test_decide_rule_phase7r64b_allows_one_flip_only_when_fine_tuning_holds_on_average(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    sys.modules.pop("decide", None)
+    import decide
+
+    def rows(fts):
+        return {(i,): {"acc_pred": 0.4, "ft_pred": p, "ft_default": d} for i, (p, d) in enumerate(fts)}
+
+    ship = rows([(0.800, 0.800), (0.700, 0.702), (0.600, 0.610), (0.500, 0.500)])  # 3 of 4 within half a point
+    # one lost (arch 1), fine-tuning higher on average: only the new rule lets it pass
+    one_lost = rows([(0.830, 0.800), (0.690, 0.702), (0.604, 0.610), (0.510, 0.500)])
+    for rule, holds in (("phase4", False), ("phase7r64b", True)):
+        r = decide.judge(1, one_lost, ship, rule)
+        assert r["no_harm"] == [2, 4] and r["shipped_no_harm"] == [3, 4] and r["holds"] is holds
+    # one lost and lower on every architecture: the mean fell by more than its SE
+    one_lost_lower = rows([(0.799, 0.800), (0.690, 0.702), (0.598, 0.610), (0.497, 0.500)])
+    assert decide.judge(1, one_lost_lower, ship, "phase7r64b")["holds"] is False
+    # two lost, however much better the rest
+    two_lost = rows([(0.790, 0.800), (0.690, 0.702), (0.604, 0.610), (0.700, 0.500)])
+    r = decide.judge(1, two_lost, ship, "phase7r64b")
+    assert r["no_harm"] == [1, 4] and r["ft_pred"]["diff"] > 0 and r["holds"] is False
+    # criterion 2 (the post-norm ViTs) keeps the strict count
+    assert decide.judge(2, one_lost, ship, "phase7r64b")["holds"] is False
+
+
 def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path, monkeypatch, capsys):
     import json
     import sys
