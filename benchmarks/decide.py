@@ -120,10 +120,12 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", required=True, help="the candidate hypernetwork")
     p.add_argument("--name", required=True, help="names its results files")
     p.add_argument("--decode", default=None, help="decoding settings of the candidate, e.g. max_dir_ratio_attn=0.5")
-    p.add_argument("--shipped-proxy", default=str(RESULTS / "proxy" / "phase5_s30.json"))
-    p.add_argument("--shipped-probe", default=str(RESULTS / "ft_probe_phase5_postnorm.json"))
-    p.add_argument("--shipped-probe-variant", default="pred")
-    p.add_argument("--shipped-val32big", default=str(RESULTS / "eval_val32big_phase5_notrain.json"))
+    # the shipped file's results (phase 7r64b since session 33; phase 5's: proxy/phase5_s30.json,
+    # ft_probe_phase5_postnorm.json with variant pred, eval_val32big_phase5_notrain.json)
+    p.add_argument("--shipped-proxy", default=str(RESULTS / "proxy" / "phase7r64b.json"))
+    p.add_argument("--shipped-probe", default=str(RESULTS / "ft_probe_phase7r64b_postnorm.json"))
+    p.add_argument("--shipped-probe-variant", default="max_dir_ratio_attn=0.25")
+    p.add_argument("--shipped-val32big", default=str(RESULTS / "eval_val32big_phase7r64b_notrain.json"))
     p.add_argument("--procs", type=int, default=2, help="proxy.py worker processes (1 thread each)")
     p.add_argument("--all", action="store_true", help="run every criterion even after one fails")
     p.add_argument("--rule", choices=RULES, default="phase4",

@@ -711,7 +711,7 @@ def test_decide_runs_the_criteria_cheapest_first_and_stops_at_a_failure(tmp_path
 
     ship = {"--shipped-proxy": write(tmp_path / "sp.json", [0.4] * 4, [(0.8, 0.8), (0.7, 0.72)]),
             "--shipped-probe": write(tmp_path / "sf.json", [0.3] * 2, [(0.6, 0.5), (0.4, 0.5)], "pred"),
-            "--shipped-val32big": write(tmp_path / "sb.json", [0.3] * 3)}
+            "--shipped-val32big": write(tmp_path / "sb.json", [0.3] * 3), "--shipped-probe-variant": "pred"}
     ckpt = tmp_path / "c.safetensors"
     ckpt.write_bytes(b"x")
     args = ["--ckpt", str(ckpt), "--name", "c", "--decode", "max_dir_ratio_attn=0.5", *sum(ship.items(), ())]
