@@ -5,8 +5,9 @@ The rule of phases 4-7 (docs/BENCHMARKS.md, "Phase 4"): the candidate replaces t
   2. its do-no-harm count on the 6 post-norm val ViTs is not lower;
   3. its no-training top-1 on the 48 val architectures up to 500k is not lower by more than one paired SE;
   4. its no-training top-1 on the 32 val architectures above 500k is higher, paired (mean difference > 0).
-From phase 7r64b on (``--rule phase7r64b``, docs/BENCHMARKS.md, "Phase 7 and phase 7r64"), criterion 1 holds when
-the count is at most one lower and the paired mean top-1 after fine-tuning is not lower by more than one paired SE.
+From phase 7r64b on (``--rule phase7r64b``; docs/BENCHMARKS.md, "Phase 7r64b, a rule for criterion 1"), criterion
+1 holds when the count is at most one lower and the paired mean top-1 after fine-tuning is not lower by more than
+one paired SE.
 
 The measurements, cheapest first (2, 4, then 1 and 3 from one proxy run), each skipped when its results file
 exists and resumed from its own ``.partial.jsonl`` when stopped; it stops at the first criterion that fails unless
