@@ -105,9 +105,10 @@ def judge(criterion: int, cand: dict, ship: dict, rule: str = "phase4") -> dict:
         if nc == 0 or ns == 0:
             raise SystemExit(f"criterion {criterion}: no fine-tuning rows to count do-no-harm on")
         ft = paired(cand, ship, "ft_pred")
-        holds = hc / nc >= hs / ns
-        if criterion == 1 and rule == "phase7r64b":
-            holds = hc >= hs - 1 and nc == ns and ft is not None and ft["diff"] >= -ft["se"]
+        if criterion == 1 and rule == "phase7r64b":  # counts over the same architectures: nc == ns
+            holds = hc >= hs - 1 and ft is not None and ft["diff"] >= -ft["se"]
+        else:
+            holds = hc / nc >= hs / ns
         return {"no_harm": [hc, nc], "shipped_no_harm": [hs, ns], "ft_pred": ft,
                 "flips": no_harm_flips(cand, ship), "holds": bool(holds)}
     if acc is None:
