@@ -35,6 +35,8 @@ from paired import _rows, no_harm_counts, no_harm_flips, paired  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RULES = ("phase4", "phase7r64b")
+# the shipped file, as decided: its --name and --decode (its results files are named as plan() names a candidate's)
+SHIPPED, SHIPPED_DECODE = "phase7r64b", "max_dir_ratio_attn=0.25"
 POSTNORM_VITS = [148, 159, 84, 8, 121, 103]
 VAL32BIG = [0, 2, 4, 5, 6, 7, 8, 9, 14, 16, 17, 18, 19, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 35, 40, 41, 42, 43,
             44, 47, 48, 49]
@@ -49,13 +51,17 @@ def decode_flags(decode: str | None) -> list:
     return out
 
 
+def results_files(name: str) -> tuple:
+    """``(probe, val32big, proxy)`` results files of the decision named ``name``."""
+    return (RESULTS / f"ft_probe_{name}_postnorm.json", RESULTS / f"eval_val32big_{name}_notrain.json",
+            RESULTS / "proxy" / f"{name}.json")
+
+
 def plan(a) -> list:
     """``[(criteria, results file, command)]`` in the order they run."""
     py, flags, ckpt = sys.executable, decode_flags(a.decode), ["--ckpt", a.ckpt]
     variant = a.decode or "pred"
-    probe = RESULTS / f"ft_probe_{a.name}_postnorm.json"
-    big = RESULTS / f"eval_val32big_{a.name}_notrain.json"
-    proxy = RESULTS / "proxy" / f"{a.name}.json"
+    probe, big, proxy = results_files(a.name)
     bench = str(ROOT / "benchmarks")
     return [
         ((2,), probe, [py, f"{bench}/ft_probe.py", *ckpt, "--indices", *map(str, POSTNORM_VITS), "--variants",
@@ -122,12 +128,11 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", required=True, help="the candidate hypernetwork")
     p.add_argument("--name", required=True, help="names its results files")
     p.add_argument("--decode", default=None, help="decoding settings of the candidate, e.g. max_dir_ratio_attn=0.5")
-    # the shipped file's results (phase 7r64b since session 33; phase 5's: proxy/phase5_s30.json,
-    # ft_probe_phase5_postnorm.json with variant pred, eval_val32big_phase5_notrain.json)
-    p.add_argument("--shipped-proxy", default=str(RESULTS / "proxy" / "phase7r64b.json"))
-    p.add_argument("--shipped-probe", default=str(RESULTS / "ft_probe_phase7r64b_postnorm.json"))
-    p.add_argument("--shipped-probe-variant", default="max_dir_ratio_attn=0.25")
-    p.add_argument("--shipped-val32big", default=str(RESULTS / "eval_val32big_phase7r64b_notrain.json"))
+    probe, big, proxy = results_files(SHIPPED)  # the shipped file's own decision
+    p.add_argument("--shipped-proxy", default=str(proxy))
+    p.add_argument("--shipped-probe", default=str(probe))
+    p.add_argument("--shipped-probe-variant", default=SHIPPED_DECODE or "pred")
+    p.add_argument("--shipped-val32big", default=str(big))
     p.add_argument("--procs", type=int, default=2, help="proxy.py worker processes (1 thread each)")
     p.add_argument("--all", action="store_true", help="run every criterion even after one fails")
     p.add_argument("--rule", choices=RULES, default="phase4",
